@@ -1,0 +1,98 @@
+"""Saving and loading compressed models.
+
+A compressed model directory is a Hugging Face checkpoint plus `latprune.json` (schema
+version, architecture, parent identity and config). Uniform architectures have a config
+that matches their shapes, so plain `AutoModelForCausalLM.from_pretrained` loads them;
+per-layer architectures load with `latprune.load_model(path)`, which rebuilds the shapes
+from the metadata. Directories are written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
+from latprune.models import model_identity
+from latprune.space import SearchSpace
+
+CHECKPOINT_VERSION = 1
+
+
+def write_dir_atomically(out: Path, fill) -> Path:
+    """Call `fill(tmp_dir)`, then move tmp_dir to `out` (replacing it); nothing half-written
+    is left at `out` on failure or Ctrl-C."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, parent_config, tokenizer=None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write `model` (extracted with `arch` from a parent with `parent_config`) to `out`."""
+    space = SearchSpace.from_config(parent_config)
+    meta = {
+        "latprune_checkpoint_version": CHECKPOINT_VERSION,
+        "architecture": arch.to_dict(),
+        "architecture_id": arch.id,
+        "uniform": arch.is_uniform,
+        "parameters": space.num_params(arch),
+        "parent": {**model_identity(parent_config), "parameters": space.num_params(space.largest()),
+                   "config": parent_config.to_dict()},
+        **(extra or {}),
+    }
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "latprune.json").write_text(json.dumps(meta, indent=2, default=str))
+
+    return write_dir_atomically(Path(out), fill)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    meta_file = Path(path) / "latprune.json"
+    if not meta_file.is_file():
+        raise LatpruneError(f"'{path}' is not a latprune checkpoint (no latprune.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("latprune_checkpoint_version") != CHECKPOINT_VERSION:
+        raise LatpruneError(f"'{path}' has checkpoint version {meta.get('latprune_checkpoint_version')}; "
+                            f"this latprune reads version {CHECKPOINT_VERSION}")
+    return meta
+
+
+def load_compressed(path: str | Path) -> nn.Module:
+    """Load a compressed checkpoint, uniform or per-layer."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .extract import extract
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta["uniform"]:
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32").eval()
+    parent_cfg = dict(meta["parent"]["config"])
+    config = AutoConfig.for_model(parent_cfg.pop("model_type"), **parent_cfg)
+    with torch.device("cpu"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    model = extract(skeleton, Architecture.from_dict(meta["architecture"]))
+    load_model(model, str(path / "model.safetensors"), strict=True)
+    return model.eval()

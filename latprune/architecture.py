@@ -1,0 +1,143 @@
+"""`Architecture`: an immutable description of a sub-network of a parent model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LatpruneError
+
+SCHEMA_VERSION = 1
+
+
+def _per_layer(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    values = tuple(int(v) for v in value)
+    if len(values) != n:
+        raise LatpruneError(f"architecture: '{name}' has {len(values)} entries but {n} layers are kept")
+    return values
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Kept parent layer indices and, per kept layer, query heads, KV groups and MLP width,
+    plus the hidden (embedding) size shared by all layers."""
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    kv_groups: tuple[int, ...]
+    mlp: tuple[int, ...]
+    hidden: int
+
+    def __post_init__(self) -> None:
+        n = len(self.layers)
+        for name in ("heads", "kv_groups", "mlp"):
+            if len(getattr(self, name)) != n:
+                raise LatpruneError(
+                    f"architecture: '{name}' has {len(getattr(self, name))} entries but {n} layers are kept"
+                )
+
+    @classmethod
+    def uniform(
+        cls,
+        layers: int | Sequence[int],
+        heads: int,
+        kv_groups: int,
+        mlp: int,
+        hidden: int,
+    ) -> Architecture:
+        """Same widths in every layer. `layers` is a count (the first N parent layers) or a
+        list of parent layer indices."""
+        kept = tuple(range(layers)) if isinstance(layers, int) else tuple(int(i) for i in layers)
+        n = len(kept)
+        return cls(kept, (heads,) * n, (kv_groups,) * n, (mlp,) * n, int(hidden))
+
+    @classmethod
+    def per_layer(
+        cls,
+        layers: Sequence[int],
+        heads: int | Sequence[int],
+        kv_groups: int | Sequence[int],
+        mlp: int | Sequence[int],
+        hidden: int,
+    ) -> Architecture:
+        """Per-layer widths; a scalar is broadcast to every kept layer."""
+        kept = tuple(int(i) for i in layers)
+        n = len(kept)
+        return cls(
+            kept,
+            _per_layer(heads, n, "heads"),
+            _per_layer(kv_groups, n, "kv_groups"),
+            _per_layer(mlp, n, "mlp"),
+            int(hidden),
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every kept layer has the same widths and the layers are a parent
+        prefix-free subset (any subset is fine: the checkpoint renumbers them)."""
+        return len({*zip(self.heads, self.kv_groups, self.mlp)}) <= 1
+
+    def with_layers(self, layers: Sequence[int]) -> Architecture:
+        """Same per-layer widths (uniform only) on another set of kept parent layers."""
+        if not self.is_uniform:
+            raise LatpruneError("with_layers() needs a uniform architecture")
+        return Architecture.uniform(tuple(layers), self.heads[0], self.kv_groups[0], self.mlp[0], self.hidden)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "layers": list(self.layers),
+            "heads": list(self.heads),
+            "kv_groups": list(self.kv_groups),
+            "mlp": list(self.mlp),
+            "hidden": self.hidden,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise LatpruneError(f"architecture schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+        missing = [k for k in ("layers", "heads", "kv_groups", "mlp", "hidden") if k not in data]
+        if missing:
+            raise LatpruneError(f"architecture JSON lacks {', '.join(missing)}")
+        layers = data["layers"]
+        if isinstance(layers, int):
+            layers = list(range(layers))
+        return cls.per_layer(layers, data["heads"], data["kv_groups"], data["mlp"], data["hidden"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LatpruneError(f"architecture is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise LatpruneError("architecture JSON must be an object with layers/heads/kv_groups/mlp/hidden")
+        return cls.from_dict(data)
+
+    @property
+    def id(self) -> str:
+        """Stable short id: the first 12 hex digits of the SHA-1 of the canonical JSON."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        """A short human-readable summary."""
+        if self.is_uniform and self.layers:
+            return (
+                f"L={self.num_layers} heads={self.heads[0]} kv={self.kv_groups[0]} "
+                f"mlp={self.mlp[0]} hidden={self.hidden}"
+            )
+        return f"L={self.num_layers} per-layer hidden={self.hidden}"

@@ -1,0 +1,109 @@
+"""The `latprune` command line: parses arguments and calls the Python API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LatpruneError
+
+
+def _read_arch(path: str):
+    from .architecture import Architecture
+
+    p = Path(path)
+    if not p.is_file():
+        raise LatpruneError(f"architecture file '{path}' does not exist")
+    return Architecture.from_json(p.read_text())
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# ---- commands ------------------------------------------------------------------
+def cmd_space(args) -> int:
+    from .models import load_config
+    from .space import SearchSpace
+
+    print(SearchSpace.from_config(load_config(args.model)).describe())
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from latprune.compress.workflow import compress
+
+    if args.arch and args.keep is not None:
+        raise LatpruneError("pass either --arch or --keep, not both")
+    arch = _read_arch(args.arch) if args.arch else None
+    summary = compress(args.model, args.out, arch=arch, keep=args.keep, text=args.text,
+                       eval_windows=args.windows)
+    print(f"wrote {args.out}: {summary['parameters']:,} of {summary['parent_parameters']:,} parameters "
+          f"({summary['parameters'] / summary['parent_parameters']:.0%}), held-out perplexity "
+          f"{summary['perplexity']:.2f} (parent {summary['parent_perplexity']:.2f})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from latprune.compress.workflow import evaluate
+
+    result = evaluate(args.model, args.text, args.windows)
+    print(f"{args.model}: held-out perplexity {result['perplexity']:.3f} over {result['windows']} windows of "
+          f"{result['window']} tokens; {result['parameters']:,} parameters")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="latprune",
+        description="Compress a causal LM to a latency budget on a device.",
+        epilog="Run 'latprune COMMAND --help' for the options and an example of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("space", help="print the search space of a model", formatter_class=fmt,
+                       epilog="example:\n  latprune space --model default")
+    p.add_argument("--model", default="default", help="'default', a HF model directory or a .gguf file")
+    p.set_defaults(func=cmd_space)
+
+    p = sub.add_parser("compress", help="extract an importance-ordered sub-network and save it",
+                       formatter_class=fmt,
+                       epilog="examples:\n  latprune compress --model default --keep 0.6 --out out/smol60\n"
+                              "  latprune compress --model default --arch arch.json --out out/mine\n"
+                              'arch.json: {"layers": 20, "heads": 6, "kv_groups": 2, "mlp": 1024, "hidden": 576}')
+    p.add_argument("--model", default="default", help="'default', a HF model directory or a .gguf file")
+    p.add_argument("--arch", help="architecture JSON file (layers may be a count or a list of parent indices)")
+    p.add_argument("--keep", type=float, help="fraction of parameters to keep (default 0.6 when no --arch)")
+    p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint)")
+    p.add_argument("--text", help="UTF-8 text file for calibration and evaluation (default: pydoc topics)")
+    p.add_argument("--windows", type=int, default=40, help="held-out windows of 128 tokens to evaluate")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("eval", help="held-out perplexity of a model", formatter_class=fmt,
+                       epilog="examples:\n  latprune eval --model default\n  latprune eval --model out/smol60 "
+                              "--text my_corpus.txt")
+    p.add_argument("--model", default="default", help="'default', a model directory or a .gguf file")
+    p.add_argument("--text", help="UTF-8 text file (its held-out part is used; default: pydoc topics)")
+    p.add_argument("--windows", type=int, default=40, help="held-out windows of 128 tokens")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LatpruneError as exc:
+        print(f"latprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latprune: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

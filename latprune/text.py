@@ -1,0 +1,72 @@
+"""Calibration and held-out text, and fixed token windows over it.
+
+The embedded default text is the standard library's `pydoc_data.topics` (English prose,
+PSF licence). Any text is split deterministically: it is cut into blocks at blank lines,
+and every 5th block (index 4, 9, 14, ...) goes to the held-out part, the rest to
+calibration. Windows are non-overlapping runs of `window` tokens (no special tokens
+added); when more exist than asked for, evenly spaced ones are taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import LatpruneError
+
+HELDOUT_EVERY = 5
+
+
+def default_text() -> str:
+    """The standard library's pydoc topics, in sorted key order."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def read_text(path: str | Path | None) -> str:
+    """The user's text file, or the default text when `path` is None or 'default'."""
+    if path is None or str(path) == "default":
+        return default_text()
+    p = Path(path)
+    if not p.is_file():
+        raise LatpruneError(f"text file '{path}' does not exist; pass a UTF-8 text file or omit --text")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if len(text.split()) < 200:
+        raise LatpruneError(f"text file '{path}' is too short ({len(text.split())} words); give at least a few pages")
+    return text
+
+
+def split_text(text: str) -> tuple[str, str]:
+    """(calibration, held-out): every 5th blank-line-separated block is held out."""
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    calib = [b for i, b in enumerate(blocks) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
+    held = [b for i, b in enumerate(blocks) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
+    if not held:
+        n = max(1, len(text) // HELDOUT_EVERY)
+        return text[:-n], text[-n:]
+    return "\n\n".join(calib), "\n\n".join(held)
+
+
+def token_windows(tokenizer, text: str, window: int = 128, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of `window` tokens, shape [n, window]."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    n = len(ids) // window
+    if n == 0:
+        raise LatpruneError(f"text has {len(ids)} tokens, fewer than one window of {window}")
+    windows = torch.tensor(ids[: n * window], dtype=torch.long).view(n, window)
+    if max_windows is not None and n > max_windows:
+        pick = torch.linspace(0, n - 1, max_windows).round().long()
+        windows = windows[pick]
+    return windows
+
+
+def calibration_windows(tokenizer, text: str | None = None, window: int = 128, max_windows: int = 32) -> torch.Tensor:
+    """Windows of the calibration part of `text` (default text when None)."""
+    return token_windows(tokenizer, split_text(text or default_text())[0], window, max_windows)
+
+
+def heldout_windows(tokenizer, text: str | None = None, window: int = 128, max_windows: int = 40) -> torch.Tensor:
+    """Windows of the held-out part of `text` (default text when None)."""
+    return token_windows(tokenizer, split_text(text or default_text())[1], window, max_windows)
