@@ -44,6 +44,9 @@ def compute_ranking(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
         register = module.register_forward_pre_hook if pre else module.register_forward_hook
         handles.append(register(fn, with_kwargs=kwargs) if kwargs else register(fn))
 
+    def channels_hook(_m, _args, out) -> None:  # returns None: a hook's return value replaces the output
+        channel.add_(out.float().abs().sum((0, 1)).double())
+
     for i, layer in enumerate(family.layers(model)):
         def heads_hook(_m, args, i=i):
             x = args[0].float()
@@ -64,8 +67,8 @@ def compute_ranking(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
         on(layer, layer_in, pre=True, kwargs=True)
         on(layer, layer_out, kwargs=True)
         for norm in family.layer_norms(layer):
-            on(norm, lambda _m, _a, out: channel.add_(out.float().abs().sum((0, 1)).double()))
-    on(family.final_norm(model), lambda _m, _a, out: channel.add_(out.float().abs().sum((0, 1)).double()))
+            on(norm, channels_hook)
+    on(family.final_norm(model), channels_hook)
 
     try:
         batches = list(windows.split(batch_size))

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from latprune.architecture import Architecture
-from latprune.models import load_parent, resolve
+from latprune.models import load_config, load_parent, resolve
 from latprune.space import SearchSpace
 from latprune.text import calibration_windows, heldout_windows, read_text
 
@@ -56,11 +56,12 @@ def compress(model: str | Path, out: str | Path, arch: Architecture | None = Non
              ) -> dict[str, Any]:
     """Extract the importance-ordered sub-network `arch` (or the one with about `keep` of the
     parameters) and save it to `out`, with held-out perplexity of parent and child."""
+    if arch is not None:  # fail on a bad architecture before any weights are read
+        SearchSpace.from_config(load_config(model)).validate(arch)
     ranked = rank_model(model, text, progress=progress)
     space = ranked.space
     if arch is None:
         arch = space.scaled(keep if keep is not None else 0.6, ranked.ranking.layer_order)
-    space.validate(arch)
     child = ranked.extract(arch)
     held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, eval_windows)
     t0 = time.perf_counter()

@@ -18,9 +18,9 @@ __version__ = "0.1.0"
 def load_model(path):
     """Load a model: 'default', a HF directory, a .gguf file or a latprune checkpoint
     (uniform or per-layer). Returns the torch model in eval mode."""
-    from .models import load_parent
+    from .models import load_model as _load
 
-    return load_parent(path)[0]
+    return _load(path)
 
 
 __all__ = ["Architecture", "LatpruneError", "SearchSpace", "load_model", "__version__"]

@@ -64,6 +64,9 @@ def default_model_dir() -> Path:
 
 def _load_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the GGUF tokenizer's 'legacy behaviour' notice is noise here
 
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
@@ -105,30 +108,36 @@ def load_tokenizer(spec: str | Path):
     from transformers import AutoTokenizer
 
     path = resolve(spec)
-    if path.is_file():
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        if path.is_file():
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LatpruneError(f"model '{spec}' has no usable tokenizer ({type(exc).__name__}); "
+                            "save the tokenizer next to the weights") from None
 
 
-def load_parent(spec: str | Path):
-    """(model, tokenizer) of a parent model in float32 eval mode. Compressed latprune
-    checkpoints with per-layer architectures are loaded through their metadata."""
+def load_model(spec: str | Path):
+    """A model in float32 eval mode: 'default', a HF directory, a .gguf file, or a latprune
+    checkpoint (per-layer architectures are rebuilt from their metadata)."""
     from transformers import AutoModelForCausalLM
 
     load_config(spec)
     path = resolve(spec)
     if path.is_file():
-        model, tokenizer = _load_gguf(path)
+        model = _load_gguf(path)[0]
     elif (path / "latprune.json").is_file():
         from latprune.compress.checkpoint import load_compressed
 
         model = load_compressed(path)
-        tokenizer = load_tokenizer(path)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
-        tokenizer = load_tokenizer(path)
-    model.eval()
-    return model, tokenizer
+    return model.eval()
+
+
+def load_parent(spec: str | Path):
+    """(model, tokenizer) of a model, see `load_model`."""
+    return load_model(spec), load_tokenizer(spec)
 
 
 def model_identity(config) -> dict[str, str]:

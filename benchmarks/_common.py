@@ -1,0 +1,34 @@
+"""Shared helpers for benchmark scripts: environment, Markdown writing, host description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def host_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+
+
+def write_markdown(name: str, title: str, body: str) -> Path:
+    """Write benchmarks/results/NAME.md with the command that produced it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    path = RESULTS / f"{name}.md"
+    path.write_text(f"# {title}\n\nCommand: `{command}`  \nHost: {host_line()}\n\n{body}\n")
+    return path

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-weight models of every supported family."""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB = 128
+
+
+def tiny_configs() -> dict:
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3)
+    return {
+        "llama": LlamaConfig(**common, num_attention_heads=8, num_key_value_heads=4, head_dim=16),
+        "mistral": MistralConfig(**common, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
+        "qwen2": Qwen2Config(**common, num_attention_heads=8, num_key_value_heads=2),
+        "qwen3": Qwen3Config(**common, num_attention_heads=8, num_key_value_heads=2, head_dim=16),
+        "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64),
+        "gpt_neox": GPTNeoXConfig(**common, num_attention_heads=4, rotary_pct=0.25),
+    }
+
+
+FAMILIES = list(tiny_configs())
+
+
+def make_tiny(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_configs()[family]).eval()
+    # Non-trivial norms so that channel permutations are really exercised.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny(request):
+    return make_tiny(request.param)
+
+
+@pytest.fixture
+def tokens():
+    torch.manual_seed(1)
+    return torch.randint(0, VOCAB, (2, 24))
