@@ -1,8 +1,9 @@
 """Extraction: parent + ranking + Architecture -> a genuinely smaller torch model.
 
 The child is a copy of the parent whose parameters are replaced by the kept rows/columns
-(embeddings, norms, q/k/v/o, MLP, LM head; tied weights stay tied). Kept structures are
-stored in importance order, so the child's own prefixes are again its most important parts.
+(embeddings, norms, q/k/v/o, MLP, LM head; tied weights stay tied). The ranking decides
+*which* structures are kept; they stay in the parent's order, so the full architecture is
+bit-for-bit the parent (a permutation would change float summation order).
 """
 
 from __future__ import annotations
@@ -111,14 +112,6 @@ def _unshare(child: nn.Module, parent: nn.Module) -> None:
                 module._buffers[name] = b.clone()
 
 
-def write_config(space: SearchSpace, config, arch: Architecture) -> None:
-    """Set a config's dimensions to those of `arch` (per-layer widths: their maxima)."""
-    space.family.set_dims(config, layers=arch.num_layers, heads=max(arch.heads), kv_groups=max(arch.kv_groups),
-                          mlp=max(arch.mlp), hidden=arch.hidden, head_dim=space.parent["head_dim"])
-    if getattr(config, "layer_types", None) is not None and len(config.layer_types) == space.parent["layers"]:
-        config.layer_types = [config.layer_types[i] for i in arch.layers]
-
-
 def extract(parent: nn.Module, arch: Architecture, ranking: Ranking | None = None,
             space: SearchSpace | None = None) -> nn.Module:
     """A smaller copy of `parent` with the structures of `arch`, chosen by `ranking`
@@ -131,14 +124,14 @@ def extract(parent: nn.Module, arch: Architecture, ranking: Ranking | None = Non
 
     memo = {id(t): t for t in (*parent.parameters(), *parent.buffers())}
     child = copy.deepcopy(parent, memo)
-    ch = as_index(ranking.channel_order[: arch.hidden])
+    ch = as_index(sorted(ranking.channel_order[: arch.hidden]))
     old_layers = family.layers(child)
     kept = []
     for pos, parent_idx in enumerate(arch.layers):
         layer = old_layers[parent_idx]
         q, kv = ranking.layer_heads(parent_idx, arch.heads[pos], arch.kv_groups[pos], q_per_group)
         _slice_attention(family, layer, q, kv, ch, p["head_dim"], p["heads"])
-        _slice_mlp(family, layer, as_index(ranking.neuron_order[parent_idx][: arch.mlp[pos]]), ch)
+        _slice_mlp(family, layer, as_index(sorted(ranking.neuron_order[parent_idx][: arch.mlp[pos]])), ch)
         for norm in family.layer_norms(layer):
             slice_norm(norm, ch)
         for module in layer.modules():
@@ -156,5 +149,5 @@ def extract(parent: nn.Module, arch: Architecture, ranking: Ranking | None = Non
         slice_linear(head, None, ch)
     head.in_features = arch.hidden
     _unshare(child, parent)
-    write_config(space, child.config, arch)
+    space.apply_to_config(child.config, arch)
     return child

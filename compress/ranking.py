@@ -117,14 +117,14 @@ class Ranking:
     # ---- selections ---------------------------------------------------------
     def layer_heads(self, layer: int, heads: int, kv_groups: int, q_per_group: int) -> tuple[list[int], list[int]]:
         """(query heads, KV groups) kept in parent `layer`: the top KV groups, and in each, its
-        top `heads / kv_groups` query heads, ordered group by group (as GQA needs)."""
+        top `heads / kv_groups` query heads; in parent order, group by group (as GQA needs)."""
         per = heads // kv_groups
-        groups = [int(g) for g in self.kv_order[layer][:kv_groups]]
+        groups = sorted(int(g) for g in self.kv_order[layer][:kv_groups])
         rank = {int(h): r for r, h in enumerate(self.head_order[layer])}
         q: list[int] = []
         for g in groups:
             members = range(g * q_per_group, (g + 1) * q_per_group)
-            q.extend(sorted(members, key=rank.__getitem__)[:per])
+            q.extend(sorted(sorted(members, key=rank.__getitem__)[:per]))
         return q, groups
 
 

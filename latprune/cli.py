@@ -55,6 +55,27 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_devices(args) -> int:
+    from latprune.profiling.devices import availability, load_devices
+
+    for dev in load_devices(args.devices_file).values():
+        ok, why = availability(dev)
+        print(f"{dev.name:10s} {'usable' if ok else 'NOT usable':10s} {'+'.join(dev.providers):45s} {dev.dtype}  "
+              f"{dev.description or ''}{'' if ok else '  -- ' + why}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from latprune.profiling.run import profile
+
+    from .workload import Workload
+
+    out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), args.out, args.seed,
+                  args.devices_file, args.reference_every, args.keep_onnx)
+    print(f"wrote {out}")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -90,6 +111,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="UTF-8 text file (its held-out part is used; default: pydoc topics)")
     p.add_argument("--windows", type=int, default=40, help="held-out windows of 128 tokens")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("devices", help="list devices and whether they are usable here", formatter_class=fmt,
+                       epilog="example:\n  latprune devices --devices-file my_devices.toml")
+    p.add_argument("--devices-file", help="TOML file with [devices.NAME] tables (default ~/.config/latprune/devices.toml)")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("profile", help="measure ONNX Runtime latency of sampled sub-architectures on a device",
+                       formatter_class=fmt,
+                       epilog="examples:\n  latprune profile --device cpu --model default --samples 40\n"
+                              "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
+                              "Rerunning the same command resumes: finished samples are kept and skipped.")
+    p.add_argument("--device", default="cpu", help="cpu, a100, jetson or a device of --devices-file")
+    p.add_argument("--model", default="default", help="'default', a HF model directory or a .gguf file")
+    p.add_argument("--samples", type=int, default=40, help="number of sampled architectures (default 40)")
+    p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (the default)")
+    p.add_argument("--out", help="Parquet file (default profiles/DEVICE.parquet); appended to, resumable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--devices-file", help="TOML file with extra devices")
+    p.add_argument("--reference-every", type=int, default=10, help="re-time the reference every N samples")
+    p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 

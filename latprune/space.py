@@ -126,6 +126,13 @@ class SearchSpace:
 
         return ng.p.Dict(**{k: ng.p.TransitionChoice(list(v)) for k, v in self.choices().items()})
 
+    def apply_to_config(self, config, arch: Architecture) -> None:
+        """Write `arch`'s dimensions into `config` in place (per-layer widths: their maxima)."""
+        self.family.set_dims(config, layers=arch.num_layers, heads=max(arch.heads), kv_groups=max(arch.kv_groups),
+                             mlp=max(arch.mlp), hidden=arch.hidden, head_dim=self.parent["head_dim"])
+        if getattr(config, "layer_types", None) is not None and len(config.layer_types) == self.parent["layers"]:
+            config.layer_types = [config.layer_types[i] for i in arch.layers]
+
     # ---- validation -----------------------------------------------------
     def validate(self, arch: Architecture) -> Architecture:
         """Raise `LatpruneError` naming the offending dimension and its legal values."""

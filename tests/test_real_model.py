@@ -20,7 +20,7 @@ def ranked():
 
 def test_full_architecture_reproduces_default_model(ranked):
     ids = heldout_windows(ranked.tokenizer, ranked.text, 64, 2)
-    child = ranked.extract(ranked.space.largest())  # importance order = a full permutation of every dimension
+    child = ranked.extract(ranked.space.largest())
     with torch.no_grad():
         diff = (child(ids).logits - ranked.model(ids).logits).abs().max().item()
     assert diff <= 1e-4

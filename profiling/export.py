@@ -1,0 +1,59 @@
+"""Random-weight models of a sub-architecture's shape, exported to ONNX with KV cache.
+
+Latency depends on shapes only, so profiling never copies parent weights. The exporter is
+optimum-onnx (`text-generation-with-past`): one graph taking input_ids, attention_mask,
+position_ids and past key/values, returning logits and the present key/values.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
+from latprune.space import SearchSpace
+
+EXPORTER = f"optimum-onnx {version('optimum-onnx')} (text-generation-with-past, no post-process)"
+
+
+def random_model(parent_config, arch: Architecture, dtype: str = "fp32", device: str = "cpu", seed: int = 0):
+    """A random-weight HF model with the shapes of the uniform architecture `arch`."""
+    from transformers import AutoModelForCausalLM
+
+    space = SearchSpace.from_config(parent_config)
+    space.validate(arch)
+    if not arch.is_uniform:
+        raise LatpruneError("profiling exports uniform architectures only (per-layer widths are not supported yet)")
+    config = copy.deepcopy(parent_config)
+    space.apply_to_config(config, arch)
+    config._name_or_path = ""  # keep the exporter from copying a tokenizer next to the graph
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return model.to(device=device, dtype=torch.float16 if dtype == "fp16" else torch.float32)
+
+
+def export_onnx(model, out_dir: str | Path, device: str = "cpu") -> Path:
+    """Export `model` to `out_dir/model.onnx` (with KV cache); returns the .onnx path."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in ("optimum", "transformers", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_export_from_model(model, tmp, task="text-generation-with-past", do_validation=False, device=device,
+                               no_post_process=True)  # post-processing only dedups tied weights: 1.5x slower
+    if not (tmp / "model.onnx").is_file():
+        raise LatpruneError(f"the exporter wrote no model.onnx in {tmp}")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir / "model.onnx"

@@ -1,0 +1,38 @@
+"""Space-filling samples of a search space for profiling.
+
+Targets are evenly spaced in parameter count between the smallest and largest
+sub-network (both always included); each target takes the nearest unused architecture
+from a large seeded pool of uniform samples. The final order is shuffled (seeded) so
+that machine drift does not correlate with size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from latprune.architecture import Architecture
+from latprune.space import SearchSpace
+
+
+def profile_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 60) -> list[Architecture]:
+    """`n` distinct uniform architectures stratified by parameter count, shuffled."""
+    rng = np.random.default_rng(seed)
+    largest, smallest = space.largest(), space.smallest()
+    if n <= 2:
+        return [largest, smallest][:n]
+    pool = {a.id: a for a in (space.sample(rng) for _ in range(pool_factor * n))}
+    pool.pop(largest.id, None)
+    pool.pop(smallest.id, None)
+    candidates = list(pool.values())
+    params = np.array([space.num_params(a) for a in candidates], dtype=float)
+    chosen = [largest, smallest]
+    used = np.zeros(len(candidates), dtype=bool)
+    for target in np.linspace(space.num_params(smallest), space.num_params(largest), n)[1:-1]:
+        dist = np.where(used, np.inf, np.abs(params - target))
+        if not np.isfinite(dist).any():
+            break
+        i = int(np.argmin(dist))
+        used[i] = True
+        chosen.append(candidates[i])
+    order = rng.permutation(len(chosen))
+    return [chosen[i] for i in order]

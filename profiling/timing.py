@@ -1,0 +1,133 @@
+"""Timing an exported model with ONNX Runtime on a device.
+
+prefill: the prompt in one forward with an empty KV cache. decode: one new token with the
+cache filled to the prompt length; the same step is repeated, so every repeat sees the
+same context length. Warm-ups first, then repeats until both `min_repeats` and
+`min_time_s` are reached (capped at `max_repeats`). CPU: fixed intra-op threads, one
+inter-op thread, no spinning. CUDA/TensorRT: IO binding with device-resident inputs and
+outputs, synchronised inside the timed region.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latprune.errors import LatpruneError
+from latprune.workload import Workload
+
+from .devices import Device
+
+
+@dataclass(frozen=True)
+class Stats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    iqr_ms: float
+    repeats: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Stats:
+        ms = np.asarray(seconds) * 1e3
+        q10, q25, q50, q75, q90 = np.percentile(ms, [10, 25, 50, 75, 90])
+        return cls(float(q50), float(q10), float(q90), float(q75 - q25), len(ms))
+
+
+def make_session(onnx_path: str | Path, device: Device):
+    """An ORT session on the device's providers; refuses a silent fallback."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = device.intra_threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    providers = [(p, device.provider_options.get(p, {})) for p in device.providers]
+    session = ort.InferenceSession(str(onnx_path), so, providers=providers)
+    got = session.get_providers()
+    if not got or got[0] != device.providers[0]:
+        raise LatpruneError(f"device '{device.name}': ONNX Runtime ended up on {got} instead of "
+                            f"{device.providers[0]}; refusing to time on the wrong hardware")
+    return session
+
+
+class _Runner:
+    """Feeds a session the inputs of one step, with or without IO binding."""
+
+    def __init__(self, session, device: Device):
+        self.session = session
+        self.device = device
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.float_type = np.float16 if "float16" in session.get_inputs()[-1].type else np.float32
+
+    def feeds(self, batch: int, new: int, past: int, rng: np.random.Generator, cache: dict | None = None) -> dict:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        feeds = {
+            "input_ids": rng.integers(0, 100, size=(batch, new), dtype=np.int64),
+            "attention_mask": np.ones((batch, past + new), dtype=np.int64),
+            "position_ids": np.tile(np.arange(past, past + new, dtype=np.int64), (batch, 1)),
+        }
+        for name, meta in inputs.items():
+            if name.startswith("past_key_values"):
+                if cache is not None:
+                    feeds[name] = cache[name.replace("past_key_values", "present")]
+                else:
+                    heads, head_dim = meta.shape[1], meta.shape[3]
+                    feeds[name] = np.zeros((batch, heads, past, head_dim), dtype=self.float_type)
+        return {k: v for k, v in feeds.items() if k in inputs}
+
+    def timer(self, feeds: dict):
+        """A zero-argument callable that runs one step and returns only when it is done."""
+        if not self.device.io_binding:
+            return lambda: self.session.run(None, feeds)
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        kind = "cuda" if self.device.torch_device == "cuda" else "cpu"
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, kind, 0))
+        for name in self.output_names:
+            binding.bind_output(name, kind)
+
+        def step():
+            binding.synchronize_inputs()
+            self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return step
+
+    def run(self, feeds: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+
+def _repeat(step, device: Device) -> Stats:
+    for _ in range(device.warmup):
+        step()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < device.max_repeats and (
+        len(times) < device.min_repeats or time.perf_counter() - start < device.min_time_s
+    ):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return Stats.of(times)
+
+
+def time_model(onnx_path: str | Path, device: Device, workload: Workload, seed: int = 0) -> dict[str, Stats]:
+    """Measured prefill and decode statistics of an exported model."""
+    session = make_session(onnx_path, device)
+    runner = _Runner(session, device)
+    rng = np.random.default_rng(seed)
+    prefill_feeds = runner.feeds(workload.batch, workload.prompt, 0, rng)
+    prefill = _repeat(runner.timer(prefill_feeds), device)
+    cache = runner.run(prefill_feeds)
+    decode = _repeat(runner.timer(runner.feeds(workload.batch, 1, workload.prompt, rng, cache)), device)
+    return {"prefill_ms": prefill, "decode_ms": decode}
