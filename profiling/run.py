@@ -87,6 +87,7 @@ class Profiler:
             "hidden": arch.hidden, "head_dim": self.space.parent["head_dim"], "params": self.space.num_params(arch),
             "batch": self.workload.batch, "prompt": self.workload.prompt, "generate": self.workload.generate,
             "model_name": self.identity["name"], "model_type": self.space.model_type,
+            "parent_config_json": self.config.to_json_string(use_diff=False),
             "device_json": json.dumps(self.device.to_dict()), "dtype": self.device.dtype,
             "threads": self.device.intra_threads, "host_json": json.dumps(host_fingerprint()),
             "cpu_model": host_fingerprint()["cpu_model"], "gpu_name": host_fingerprint().get("gpu_name", ""),

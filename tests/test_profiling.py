@@ -1,0 +1,143 @@
+"""Profiling: devices, sampling, ONNX fidelity, the resumable dataset."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny, tiny_configs
+
+from latprune import LatpruneError, SearchSpace
+from latprune.profiling.dataset import read_profile
+from latprune.profiling.devices import get_device, load_devices
+from latprune.profiling.export import export_onnx, random_model
+from latprune.profiling.run import profile
+from latprune.profiling.sampling import profile_plan
+from latprune.profiling.timing import _Runner, make_session
+from latprune.workload import Workload
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATPRUNE_CACHE", str(tmp_path / "cache"))
+    make_tiny("llama").save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_gpu_device_without_cuda_is_refused_with_the_package_to_install():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA EP")
+    with pytest.raises(LatpruneError, match="device 'a100' is not usable here: .*no CUDAExecutionProvider: install "
+                                            "onnxruntime-gpu"):
+        profile(device="a100")
+
+
+def test_unknown_device_and_bad_devices_files(tmp_path):
+    with pytest.raises(LatpruneError, match="unknown device 'tpu'; known: a100, cpu, jetson"):
+        get_device("tpu")
+    bad = tmp_path / "d.toml"
+    bad.write_text("[devices.x\n")
+    with pytest.raises(LatpruneError, match="not valid TOML"):
+        load_devices(bad)
+    bad.write_text('[devices.x]\nproviders = ["CPUExecutionProvider"]\nthreds = 2\n')
+    with pytest.raises(LatpruneError, match=r"unknown keys \['threds'\]"):
+        load_devices(bad)
+    with pytest.raises(LatpruneError, match="does not exist"):
+        load_devices(tmp_path / "missing.toml")
+
+
+def test_user_device_from_toml(tmp_path):
+    f = tmp_path / "d.toml"
+    f.write_text('[devices.box]\nproviders = ["CPUExecutionProvider"]\nthreads = 1\nmin_repeats = 3\n')
+    dev = get_device("box", f)
+    assert dev.providers == ("CPUExecutionProvider",) and dev.intra_threads == 1 and dev.min_repeats == 3
+
+
+def test_plan_is_seeded_distinct_and_spans_sizes():
+    from test_space import smol_like_space
+
+    space = smol_like_space()
+    plan = profile_plan(space, 20, seed=3)
+    assert plan == profile_plan(space, 20, seed=3) and len({a.id for a in plan}) == 20
+    assert space.largest() in plan and space.smallest() in plan
+    params = np.sort([space.num_params(a) for a in plan])
+    span = params[-1] - params[0]
+    assert np.diff(params).max() < 3 * span / 19  # no big hole in the parameter range
+    assert [space.num_params(a) for a in plan] != sorted(space.num_params(a) for a in plan)  # shuffled
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_exported_onnx_gives_the_torch_logits(tmp_path, family):
+    config = tiny_configs()[family]
+    space = SearchSpace.from_config(config)
+    arch = space.sample(np.random.default_rng(1))
+    model = random_model(config, arch)
+    path = export_onnx(model, tmp_path / "onnx")
+    runner = _Runner(make_session(path, get_device("cpu")), get_device("cpu"))
+    rng = np.random.default_rng(0)
+    prefill = runner.feeds(2, 12, 0, rng)
+    out = runner.run(prefill)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(prefill["input_ids"]), use_cache=True)
+    assert np.abs(out["logits"] - ref.logits.numpy()).max() < 1e-4
+    step = runner.feeds(2, 1, 12, rng, out)
+    with torch.no_grad():
+        ref_step = model(input_ids=torch.from_numpy(step["input_ids"]), past_key_values=ref.past_key_values)
+    assert np.abs(runner.run(step)["logits"] - ref_step.logits.numpy()).max() < 1e-4
+
+
+def test_failed_sample_is_recorded_and_the_run_goes_on(tiny_dir, tmp_path, monkeypatch):
+    import latprune.profiling.run as run
+
+    real = run.export_onnx
+    calls = {"n": 0}
+
+    def flaky(model, folder, device="cpu"):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("exporter exploded")
+        return real(model, folder, device)
+
+    monkeypatch.setattr(run, "export_onnx", flaky)
+    out = profile(str(tiny_dir), "cpu", 3, Workload(prompt=16, generate=4), tmp_path / "p.parquet", progress=False)
+    rows = read_profile(out)
+    samples = rows[rows.role == "sample"]
+    assert len(samples) == 3 and (samples.status == "error").sum() == 1
+    assert "exporter exploded" in samples[samples.status == "error"].error.iloc[0]
+    ok = samples[samples.status == "ok"]
+    for column in ("prefill_ms", "prefill_p10_ms", "prefill_p90_ms", "decode_ms", "decode_iqr_ms", "e2e_ms",
+                   "decode_repeats", "host_json", "versions_json", "cpu_model", "arch_json", "params", "exporter",
+                   "device_json", "timestamp", "drift"):
+        assert column in rows and ok[column].notna().all()
+    assert (ok.e2e_ms - (ok.prefill_ms + 4 * ok.decode_ms)).abs().max() < 1e-9
+    assert (rows.role == "reference").sum() == 1
+
+
+def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_path):
+    out = tmp_path / "p.parquet"
+    cmd = [sys.executable, "-m", "latprune.cli", "profile", "--model", str(tiny_dir), "--samples", "5",
+           "--workload", "prompt=16,generate=4", "--out", str(out)]
+    env = {**os.environ, "LATPRUNE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and (read_profile(out).role == "sample").sum() >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = read_profile(out)
+    finished = before[before.role == "sample"]
+    assert 2 <= len(finished) < 5, "the kill should land mid-run"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    after = read_profile(out)
+    samples = after[after.role == "sample"]
+    assert len(samples) == 5 and samples.arch_id.is_unique
+    kept = samples.set_index("arch_id").loc[finished.arch_id]
+    assert list(kept.timestamp) == list(finished.timestamp)  # finished rows untouched
