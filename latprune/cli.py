@@ -76,6 +76,33 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    from latprune.predictors.predictor import fit_profile
+
+    predictor, out = fit_profile(args.profile, args.out, args.model, args.seed)
+    rows = predictor.meta["rows"]
+    print(f"{args.model} predictor for device '{predictor.meta['device']}' on {rows['used']} rows "
+          f"({rows['failed']} failed and {rows['drift_flagged']} drift-flagged rows excluded)")
+    print(predictor.accuracy_table())
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from latprune.predictors.predictor import Predictor
+
+    from .workload import Workload
+
+    predictor = Predictor.load(args.predictor, allow_mismatch=args.allow_mismatch)
+    workload = Workload.parse(args.workload) if args.workload else None
+    if workload:
+        predictor.check_workload(workload, args.allow_mismatch)
+    row = predictor.predict([_read_arch(args.arch)], workload).iloc[0]
+    _print_json({"prediction": True, "device": predictor.meta["device"],
+                 **{k: round(float(v), 4) for k, v in row.items()}})
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -114,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="list devices and whether they are usable here", formatter_class=fmt,
                        epilog="example:\n  latprune devices --devices-file my_devices.toml")
-    p.add_argument("--devices-file", help="TOML file with [devices.NAME] tables (default ~/.config/latprune/devices.toml)")
+    p.add_argument("--devices-file",
+                   help="TOML file with [devices.NAME] tables (default ~/.config/latprune/devices.toml)")
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("profile", help="measure ONNX Runtime latency of sampled sub-architectures on a device",
@@ -132,6 +160,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-every", type=int, default=10, help="re-time the reference every N samples")
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("fit", help="fit per-device latency predictors on a profile", formatter_class=fmt,
+                       epilog="examples:\n  latprune fit profiles/cpu.parquet\n"
+                              "  latprune fit profiles/cpu.parquet --model roofline --out out/predictors/cpu-roofline")
+    p.add_argument("profile", help="Parquet file written by 'latprune profile'")
+    p.add_argument("--out", help="predictor directory (default out/predictors/DEVICE)")
+    p.add_argument("--model", default="xgboost", choices=["xgboost", "roofline"], help="surrogate kind")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="predicted latency of an architecture", formatter_class=fmt,
+                       epilog="example:\n  latprune predict --predictor out/predictors/cpu --arch arch.json")
+    p.add_argument("--predictor", required=True, help="directory written by 'latprune fit'")
+    p.add_argument("--arch", required=True, help="architecture JSON file")
+    p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the profiled one)")
+    p.add_argument("--allow-mismatch", action="store_true", help="use the predictor outside its range, with a warning")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

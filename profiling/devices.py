@@ -10,10 +10,11 @@ end up on it.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from latprune.errors import LatpruneError
 
@@ -77,7 +78,8 @@ def _device_from_toml(name: str, data: dict[str, Any], source: Path) -> Device:
         raise LatpruneError(f"devices file {source}: device '{name}' has unknown keys {sorted(unknown)}; "
                             f"known: {sorted(known)}")
     if not data.get("providers"):
-        raise LatpruneError(f"devices file {source}: device '{name}' needs 'providers', e.g. [\"CPUExecutionProvider\"]")
+        raise LatpruneError(f"devices file {source}: device '{name}' needs 'providers', "
+                            'e.g. ["CPUExecutionProvider"]')
     if data.get("dtype", "fp32") not in ("fp32", "fp16"):
         raise LatpruneError(f"devices file {source}: device '{name}' dtype must be fp32 or fp16")
     try:

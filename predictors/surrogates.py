@@ -1,0 +1,119 @@
+"""Per-metric latency surrogates behind one interface: `fit(F, y)` / `predict(F)`.
+
+- `Roofline`: time ~ a*bytes + b*flops + c*layers + d with non-negative coefficients,
+  fitted for relative error.
+- `XGBoostSurrogate`: the roofline as a base, and a bootstrap ensemble of XGBoost
+  regressors on the log residual log(t) - log(roofline). The ensemble spread, widened by the
+  cross-validated under-prediction quantile, gives an upper bound.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from .features import roofline_terms
+
+
+class Roofline:
+    kind = "roofline"
+
+    def __init__(self, metric: str, coef: np.ndarray | None = None, scale: np.ndarray | None = None):
+        self.metric, self.coef, self.scale = metric, coef, scale
+        self.margin = 0.0  # relative upper-bound margin, set from cross-validation
+
+    def fit(self, f: pd.DataFrame, y: np.ndarray) -> Roofline:
+        x = roofline_terms(f, self.metric)
+        self.scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+        xs = x / self.scale
+        self.coef, _ = nnls(xs / y[:, None], np.ones(len(y)))  # minimise relative error
+        return self
+
+    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
+        return np.maximum((roofline_terms(f, self.metric) / self.scale) @ self.coef, 1e-6)
+
+    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(median, upper bound)."""
+        p = self.predict_all(f)
+        return p, p * (1 + self.margin)
+
+    def state(self) -> dict:
+        return {"coef": self.coef.tolist(), "scale": self.scale.tolist(), "margin": self.margin}
+
+    def save(self, folder: Path) -> dict:
+        return self.state()
+
+    @classmethod
+    def load(cls, metric: str, state: dict, folder: Path) -> Roofline:
+        r = cls(metric, np.array(state["coef"]), np.array(state["scale"]))
+        r.margin = state["margin"]
+        return r
+
+
+class XGBoostSurrogate:
+    kind = "xgboost"
+    PARAMS = {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.08, "subsample": 0.8,
+              "colsample_bytree": 0.9, "min_child_weight": 1.0, "reg_lambda": 1.0, "n_jobs": 1}
+
+    def __init__(self, metric: str, members: int = 4, seed: int = 0):
+        self.metric, self.members, self.seed = metric, members, seed
+        self.base = Roofline(metric)
+        self.boosters: list = []
+        self.margin = 0.0
+
+    def fit(self, f: pd.DataFrame, y: np.ndarray) -> XGBoostSurrogate:
+        import xgboost as xgb
+
+        self.base.fit(f, y)
+        resid = np.log(y) - np.log(self.base.predict_all(f))
+        rng = np.random.default_rng(self.seed)
+        self.boosters = []
+        for k in range(self.members):
+            idx = rng.integers(0, len(y), len(y)) if k else np.arange(len(y))  # member 0 sees every row
+            model = xgb.XGBRegressor(**self.PARAMS, random_state=self.seed + k)
+            model.fit(f.to_numpy()[idx], resid[idx])
+            self.boosters.append(model.get_booster())
+        return self
+
+    def _members(self, f: pd.DataFrame) -> np.ndarray:
+        import xgboost as xgb
+
+        data = xgb.DMatrix(f.to_numpy())
+        base = self.base.predict_all(f)
+        return np.stack([base * np.exp(b.predict(data)) for b in self.boosters])
+
+    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
+        return np.median(self._members(f), axis=0)
+
+    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        m = self._members(f)
+        median = np.median(m, axis=0)
+        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.margin))
+
+    def save(self, folder: Path) -> dict:
+        files = []
+        for k, booster in enumerate(self.boosters):
+            name = f"{self.metric}-{k}.ubj"
+            booster.save_model(str(folder / name))
+            files.append(name)
+        return {"base": self.base.state(), "files": files, "margin": self.margin, "members": self.members}
+
+    @classmethod
+    def load(cls, metric: str, state: dict, folder: Path) -> XGBoostSurrogate:
+        import xgboost as xgb
+
+        s = cls(metric, state["members"])
+        s.base = Roofline.load(metric, state["base"], folder)
+        s.boosters = []
+        for name in state["files"]:
+            booster = xgb.Booster()
+            booster.load_model(str(folder / name))
+            s.boosters.append(booster)
+        s.margin = state["margin"]
+        return s
+
+
+SURROGATES = {"xgboost": XGBoostSurrogate, "roofline": Roofline}

@@ -1,0 +1,93 @@
+"""Predictors on synthetic profiles whose latency law is known."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_space import smol_like_space
+
+from latprune import LatpruneError
+from latprune.predictors.features import arch_columns, features
+from latprune.predictors.predictor import Predictor
+from latprune.profiling.sampling import profile_plan
+from latprune.workload import Workload
+
+
+def synthetic_profile(n: int, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
+    from transformers import LlamaConfig
+
+    space = smol_like_space()
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+    archs = profile_plan(space, n, seed)
+    cols = arch_columns(archs).assign(batch=1, prompt=128, generate=32)
+    f = features(space, cols)
+    rng = np.random.default_rng(seed)
+    noise = lambda: rng.normal(1, 0.01, n)  # noqa: E731
+    decode = (f.weight_bytes / 25e9 + f.layers * 8e-5 + 2e-4) * 1e3 * noise()
+    prefill = (f.prefill_flops / 3e11 * (1 + 0.3 * (f.hidden < 256)) + f.layers * 3e-4) * 1e3 * noise()
+    return cols.assign(
+        role="sample", status="ok", drift_flag=False, device=device, model_hash="abc", dtype="fp32",
+        parent_config_json=config.to_json_string(use_diff=False), prefill_ms=prefill, decode_ms=decode,
+        device_json=json.dumps({"name": device}), host_json=json.dumps({"cpu_model": "x"}), model_name="smol",
+        model_type="llama", versions_json="{}",
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return Predictor.fit(synthetic_profile(120), "xgboost")
+
+
+def test_fit_reports_honest_accuracy(fitted):
+    acc = fitted.meta["accuracy"]
+    for metric in ("prefill_ms", "decode_ms"):
+        assert set(acc[metric]) == {"5-fold CV", "held-out"}
+        assert acc[metric]["held-out"]["n"] == 24
+        assert acc[metric]["held-out"]["within_10pct"] >= 0.9 and acc[metric]["held-out"]["spearman"] > 0.95
+    assert "within ±10%" in fitted.accuracy_table()
+
+
+def test_save_load_round_trip_and_upper_bound(fitted, tmp_path):
+    fitted.save(tmp_path / "p")
+    assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "p" / "prefill_ms-0.ubj").is_file()
+    loaded = Predictor.load(tmp_path / "p", device="cpu", model_hash="abc")
+    archs = profile_plan(smol_like_space(), 30, seed=9)
+    a, b = fitted.predict(archs), loaded.predict(archs)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a.decode_ms_upper >= a.decode_ms).all() and (a.e2e_ms == a.prefill_ms + 32 * a.decode_ms).all()
+
+
+def test_other_device_or_model_is_refused_in_one_line(fitted, tmp_path):
+    fitted.save(tmp_path / "p")
+    with pytest.raises(LatpruneError, match="fitted on device 'cpu', not 'jetson'"):
+        Predictor.load(tmp_path / "p", device="jetson")
+    with pytest.raises(LatpruneError, match="fitted for model smol"):
+        Predictor.load(tmp_path / "p", model_hash="other")
+    with pytest.warns(UserWarning):
+        Predictor.load(tmp_path / "p", device="jetson", allow_mismatch=True)
+    with pytest.raises(LatpruneError, match="prompt 128..128, asked for 512"):
+        fitted.check_workload(Workload(prompt=512))
+
+
+def test_too_few_usable_rows_is_an_error_that_counts_exclusions():
+    frame = synthetic_profile(14)
+    frame.loc[0, "status"] = "error"
+    frame.loc[1, "drift_flag"] = True
+    frame.loc[2, "drift_flag"] = True
+    with pytest.raises(LatpruneError, match=r"only 11 usable rows .*'failed': 1, 'drift_flagged': 2.*at least 12"):
+        Predictor.fit(frame)
+
+
+def test_roofline_baseline_behind_the_same_interface():
+    roof = Predictor.fit(synthetic_profile(60), "roofline")
+    pred = roof.predict(profile_plan(smol_like_space(), 5, seed=1))
+    assert (pred.decode_ms > 0).all() and roof.meta["kind"] == "roofline"
+
+
+def test_feature_params_equal_exact_counts():
+    space = smol_like_space()
+    archs = profile_plan(space, 10, seed=2)
+    f = features(space, arch_columns(archs).assign(batch=1, prompt=128))
+    assert list(f.params.astype(int)) == [space.num_params(a) for a in archs]
