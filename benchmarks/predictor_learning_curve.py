@@ -16,7 +16,6 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from latprune.predictors.accuracy import accuracy  # noqa: E402
 from latprune.predictors.features import features  # noqa: E402
 from latprune.predictors.predictor import _parent_space, usable_rows  # noqa: E402

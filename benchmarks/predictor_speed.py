@@ -10,9 +10,9 @@ import time
 
 import _common
 import numpy as np
-
 from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
+
 from latprune.workload import Workload
 
 

@@ -103,6 +103,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from latprune.search.workflow import SearchOptions, search
+
+    from .workload import Workload
+
+    opts = SearchOptions(args.latency_ms, args.metric, args.margin, args.budget, args.strategy, args.optimizer,
+                         args.seed, args.finalists, args.pareto)
+    summary = search(args.model, args.device, opts, args.out, args.predictor, args.text,
+                     Workload.parse(args.workload) if args.workload else None, args.devices_file,
+                     args.allow_mismatch)
+    if summary.get("parent_is_answer"):
+        print(f"latprune: {summary['message']}")
+        return 0
+    w, p, m = summary["winner"], summary["parent"], summary["metric"]
+    sp = summary["speedup"][m]
+    print(f"winner {w['describe']} ({w['parameters']:,} of {p['parameters']:,} parameters)\n"
+          f"  {m}: measured {w['measured'][m]:.2f} ms (budget {summary['budget_ms']:g} ms; predicted "
+          f"{w['predicted'][m]:.2f} ms); parent measured {p['measured'][m]:.2f} ms\n"
+          f"  speedup: measured {sp['measured']:.2f}x, predicted {sp['predicted']:.2f}x\n"
+          f"  held-out perplexity {w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f})\n"
+          f"wrote {args.out}")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -177,6 +201,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the profiled one)")
     p.add_argument("--allow-mismatch", action="store_true", help="use the predictor outside its range, with a warning")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("search", help="best sub-network under a latency budget, verified on the device",
+                       formatter_class=fmt,
+                       epilog="examples:\n  latprune search --device cpu --latency-ms 12\n"
+                              "  latprune search --device cpu --latency-ms 60 --metric prefill_ms --pareto 5\n"
+                              "  latprune search --device cpu --latency-ms 12 --strategy uniform --out out/uniform\n"
+                              "Needs a predictor (latprune profile + latprune fit) for the device.")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--latency-ms", type=float, required=True, help="latency budget of --metric, in ms")
+    p.add_argument("--metric", default="decode_ms", help="decode_ms (per generated token; default), prefill_ms "
+                                                          "or e2e_ms")
+    p.add_argument("--model", default="default")
+    p.add_argument("--predictor", help="predictor directory (default out/predictors/DEVICE)")
+    p.add_argument("--budget", type=int, default=60, help="perplexity evaluations (default 60)")
+    p.add_argument("--margin", type=float, default=0.0, help="safety margin: predicted upper bound <= "
+                                                             "budget x (1 - margin)")
+    p.add_argument("--strategy", default="nas", help="nas (default), random, uniform or layers")
+    p.add_argument("--optimizer", default="DiscreteLenglerOnePlusOne", help="nevergrad optimizer for --strategy nas")
+    p.add_argument("--finalists", type=int, default=3, help="top candidates timed on the device")
+    p.add_argument("--pareto", type=int, default=0, help="also report K points of the perplexity/latency front")
+    p.add_argument("--out", default="out/search", help="output directory (default out/search)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", help="UTF-8 text file for calibration and evaluation")
+    p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the predictor's)")
+    p.add_argument("--devices-file", help="TOML file with extra devices")
+    p.add_argument("--allow-mismatch", action="store_true", help="use a predictor of another device/model")
+    p.set_defaults(func=cmd_search)
     return parser
 
 

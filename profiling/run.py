@@ -36,9 +36,8 @@ def default_out(device: str) -> Path:
 class Profiler:
     """Exports, times and records architectures of one model on one device and workload."""
 
-    def __init__(self, model: str | Path, device: Device, workload: Workload, writer: ProfileWriter,
-                 keep_onnx: bool = False):
-        self.config = load_config(model)
+    def __init__(self, config, device: Device, workload: Workload, writer: ProfileWriter, keep_onnx: bool = False):
+        self.config = config
         self.space = SearchSpace.from_config(self.config)
         self.identity = model_identity(self.config)
         self.device, self.workload, self.writer, self.keep_onnx = device, workload, writer, keep_onnx
@@ -129,7 +128,7 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
     workload = workload or Workload()
     out = Path(out) if out else default_out(dev.name)
     writer = ProfileWriter(out)
-    prof = Profiler(model, dev, workload, writer, keep_onnx)
+    prof = Profiler(load_config(model), dev, workload, writer, keep_onnx)
     plan = profile_plan(prof.space, samples, seed)
     done = set(writer.rows(role="sample", **prof.key)["arch_id"]) if not writer.frame.empty else set()
     todo = [a for a in plan if a.id not in done]

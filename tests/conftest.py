@@ -55,3 +55,35 @@ def tiny(request):
 def tokens():
     torch.manual_seed(1)
     return torch.randint(0, VOCAB, (2, 24))
+
+
+def smol_like_config():
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+
+
+def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None):
+    """A profile frame whose latencies follow a known law of the features (1% noise)."""
+    import json
+
+    import numpy as np
+
+    from latprune import SearchSpace
+    from latprune.models import model_identity
+    from latprune.predictors.features import arch_columns, features
+    from latprune.profiling.sampling import profile_plan
+
+    config = config or smol_like_config()
+    space = SearchSpace.from_config(config)
+    cols = arch_columns(profile_plan(space, n, seed)).assign(batch=1, prompt=128, generate=32)
+    f = features(space, cols)
+    rng = np.random.default_rng(seed)
+    noise = lambda: rng.normal(1, 0.01, n)  # noqa: E731
+    decode = (f.weight_bytes / 25e9 + f.layers * 8e-5 + 2e-4) * 1e3 * noise()
+    prefill = (f.prefill_flops / 3e11 * (1 + 0.3 * (f.hidden < 256)) + f.layers * 3e-4) * 1e3 * noise()
+    return cols.assign(
+        role="sample", status="ok", drift_flag=False, device=device, model_hash=model_identity(config)["config_hash"],
+        dtype="fp32", parent_config_json=config.to_json_string(use_diff=False), prefill_ms=prefill,
+        decode_ms=decode, device_json=json.dumps({"name": device}), host_json=json.dumps({"cpu_model": "x"}),
+        model_name="smol", model_type=config.model_type, versions_json="{}",
+    )

@@ -5,34 +5,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_space import smol_like_space
-
-from latprune import LatpruneError
 from latprune.predictors.features import arch_columns, features
 from latprune.predictors.predictor import Predictor
 from latprune.profiling.sampling import profile_plan
+from test_space import smol_like_space
+
+from latprune import LatpruneError
 from latprune.workload import Workload
-
-
-def synthetic_profile(n: int, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
-    from transformers import LlamaConfig
-
-    space = smol_like_space()
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
-    archs = profile_plan(space, n, seed)
-    cols = arch_columns(archs).assign(batch=1, prompt=128, generate=32)
-    f = features(space, cols)
-    rng = np.random.default_rng(seed)
-    noise = lambda: rng.normal(1, 0.01, n)  # noqa: E731
-    decode = (f.weight_bytes / 25e9 + f.layers * 8e-5 + 2e-4) * 1e3 * noise()
-    prefill = (f.prefill_flops / 3e11 * (1 + 0.3 * (f.hidden < 256)) + f.layers * 3e-4) * 1e3 * noise()
-    return cols.assign(
-        role="sample", status="ok", drift_flag=False, device=device, model_hash="abc", dtype="fp32",
-        parent_config_json=config.to_json_string(use_diff=False), prefill_ms=prefill, decode_ms=decode,
-        device_json=json.dumps({"name": device}), host_json=json.dumps({"cpu_model": "x"}), model_name="smol",
-        model_type="llama", versions_json="{}",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +31,7 @@ def test_fit_reports_honest_accuracy(fitted):
 def test_save_load_round_trip_and_upper_bound(fitted, tmp_path):
     fitted.save(tmp_path / "p")
     assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "p" / "prefill_ms-0.ubj").is_file()
-    loaded = Predictor.load(tmp_path / "p", device="cpu", model_hash="abc")
+    loaded = Predictor.load(tmp_path / "p", device="cpu", model_hash=fitted.meta["model"]["config_hash"])
     archs = profile_plan(smol_like_space(), 30, seed=9)
     a, b = fitted.predict(archs), loaded.predict(archs)
     pd.testing.assert_frame_equal(a, b)

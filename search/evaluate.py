@@ -1,0 +1,64 @@
+"""What the search optimises: quality of the importance-ordered sub-network (perplexity on
+calibration windows, cached by architecture id) under the predictor's upper-bound latency."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from latprune.compress.quality import perplexity
+from latprune.compress.workflow import RankedModel
+from latprune.predictors.features import arch_columns
+from latprune.predictors.predictor import Predictor
+
+from latprune.architecture import Architecture
+from latprune.workload import Workload
+
+
+@dataclass
+class Evaluator:
+    """Caches perplexity and predictions per architecture; records every evaluation."""
+
+    ranked: RankedModel
+    predictor: Predictor
+    windows: torch.Tensor
+    workload: Workload
+    metric: str
+    limit_ms: float  # budget x (1 - margin), compared with the upper bound
+    records: dict[str, dict] = field(default_factory=dict)
+    strategy: str = ""
+
+    def predicted(self, archs: list[Architecture]) -> pd.DataFrame:
+        return self.predictor.predict_columns(arch_columns(archs), self.workload)
+
+    def feasible(self, arch: Architecture) -> bool:
+        return float(self.predicted([arch])[f"{self.metric}_upper"].iloc[0]) <= self.limit_ms
+
+    def quality(self, arch: Architecture) -> float:
+        """Calibration perplexity of `arch` (computed once per architecture id)."""
+        rec = self.records.get(arch.id)
+        if rec is not None and rec.get("perplexity") is not None:
+            return rec["perplexity"]
+        t0 = time.perf_counter()
+        ppl = perplexity(self.ranked.extract(arch), self.windows)
+        pred = self.predicted([arch]).iloc[0]
+        self.records[arch.id] = {
+            "arch_id": arch.id, "arch_json": arch.to_json(), "describe": arch.describe(), "order": len(self.records),
+            "strategy": self.strategy, "perplexity": ppl, "params": self.ranked.space.num_params(arch),
+            **{f"pred_{k}": float(v) for k, v in pred.items()}, "eval_s": time.perf_counter() - t0,
+        }
+        return ppl
+
+    def loss(self, arch: Architecture) -> float:
+        """log perplexity if feasible, else a penalty above every feasible loss."""
+        pred = float(self.predicted([arch])[f"{self.metric}_upper"].iloc[0])
+        if pred > self.limit_ms:
+            return 1e3 + pred / self.limit_ms
+        ppl = self.quality(arch)
+        return math.log(ppl) if math.isfinite(ppl) else 1e3
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.records.values()))
