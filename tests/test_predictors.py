@@ -1,8 +1,6 @@
 """Predictors on synthetic profiles whose latency law is known."""
 
-import json
 
-import numpy as np
 import pandas as pd
 import pytest
 from latprune.predictors.features import arch_columns, features
