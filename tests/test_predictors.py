@@ -1,14 +1,14 @@
 """Predictors on synthetic profiles whose latency law is known."""
 
-
 import pandas as pd
 import pytest
-from latprune.predictors.features import arch_columns, features
-from latprune.predictors.predictor import Predictor
-from latprune.profiling.sampling import profile_plan
+from conftest import synthetic_profile
 from test_space import smol_like_space
 
 from latprune import LatpruneError
+from latprune.predictors.features import arch_columns, features
+from latprune.predictors.predictor import Predictor
+from latprune.profiling.sampling import profile_plan
 from latprune.workload import Workload
 
 
