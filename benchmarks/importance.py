@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import _common  # noqa: F401  (environment first)
 from latprune.compress.extract import extract
 from latprune.compress.quality import perplexity
 from latprune.compress.ranking import Ranking
 from latprune.compress.workflow import rank_model
-
 from latprune.text import heldout_windows
+
+import _common  # noqa: F401  (environment first)
 
 
 def main() -> None:

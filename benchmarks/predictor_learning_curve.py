@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-import _common
 import matplotlib
 import numpy as np
 
+import _common
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
 from latprune.predictors.accuracy import accuracy  # noqa: E402
 from latprune.predictors.features import features  # noqa: E402
 from latprune.predictors.predictor import _parent_space, usable_rows  # noqa: E402

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import _common
 import numpy as np
+
 from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
-
 from latprune.workload import Workload
+
+import _common
 
 
 def main() -> None:

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+
+from latprune.architecture import Architecture
 from latprune.compress.quality import perplexity
 from latprune.compress.workflow import RankedModel
 from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
-
-from latprune.architecture import Architecture
 from latprune.workload import Workload
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
 from latprune.profiling.dataset import ProfileWriter
 from latprune.profiling.devices import Device
 from latprune.profiling.run import Profiler
-
-from latprune.architecture import Architecture
-from latprune.errors import LatpruneError
 from latprune.workload import Workload
 
 TIMED = ("prefill_ms", "decode_ms", "e2e_ms")

@@ -10,17 +10,17 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
 from latprune.compress.checkpoint import save_compressed, write_dir_atomically
 from latprune.compress.quality import perplexity
 from latprune.compress.workflow import WINDOW, RankedModel, rank_model
+from latprune.errors import LatpruneError
+from latprune.models import load_config, model_identity
 from latprune.predictors.predictor import Predictor
 from latprune.profiling.devices import check_available, get_device
 from latprune.profiling.export import export_onnx
 from latprune.profiling.run import default_out
-from tqdm.auto import tqdm
-
-from latprune.errors import LatpruneError
-from latprune.models import load_config, model_identity
 from latprune.text import calibration_windows, heldout_windows
 from latprune.workload import METRICS, Workload
 

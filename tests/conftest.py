@@ -67,11 +67,11 @@ def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None):
     import json
 
     import numpy as np
-    from latprune.predictors.features import arch_columns, features
-    from latprune.profiling.sampling import profile_plan
 
     from latprune import SearchSpace
     from latprune.models import model_identity
+    from latprune.predictors.features import arch_columns, features
+    from latprune.profiling.sampling import profile_plan
 
     config = config or smol_like_config()
     space = SearchSpace.from_config(config)

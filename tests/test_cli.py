@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_tiny
 
 from latprune.cli import main
+
+from conftest import make_tiny
 
 
 def run_cli(*args):

@@ -6,13 +6,14 @@ import sys
 
 import numpy as np
 import torch
-from conftest import make_tiny
+
+import latprune
+from latprune import Architecture, SearchSpace
 from latprune.compress.checkpoint import save_compressed
 from latprune.compress.extract import extract
 from latprune.compress.ranking import Ranking
 
-import latprune
-from latprune import Architecture, SearchSpace
+from conftest import make_tiny
 
 
 def logits(model, tokens):

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, make_tiny
+
+from latprune import SearchSpace
 from latprune.compress.importance import compute_ranking
 from latprune.compress.ranking import Ranking
 
-from latprune import SearchSpace
+from conftest import VOCAB, make_tiny
 
 
 def test_dead_structures_rank_last():

@@ -2,14 +2,15 @@
 
 import pandas as pd
 import pytest
-from conftest import synthetic_profile
+
+from latprune import LatpruneError
 from latprune.predictors.features import arch_columns, features
 from latprune.predictors.predictor import Predictor
 from latprune.profiling.sampling import profile_plan
-from test_space import smol_like_space
-
-from latprune import LatpruneError
 from latprune.workload import Workload
+
+from conftest import synthetic_profile
+from test_space import smol_like_space
 
 
 @pytest.fixture(scope="module")

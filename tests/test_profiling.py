@@ -9,16 +9,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny, tiny_configs
+
+from latprune import LatpruneError, SearchSpace
 from latprune.profiling.dataset import read_profile
 from latprune.profiling.devices import get_device, load_devices
 from latprune.profiling.export import export_onnx, random_model
 from latprune.profiling.run import profile
 from latprune.profiling.sampling import profile_plan
 from latprune.profiling.timing import _Runner, make_session
-
-from latprune import LatpruneError, SearchSpace
 from latprune.workload import Workload
+
+from conftest import make_tiny, tiny_configs
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+
 from latprune.compress.extract import extract
 from latprune.compress.quality import perplexity
 from latprune.compress.ranking import Ranking
-
 from latprune.text import heldout_windows
 
 pytestmark = pytest.mark.real_model

@@ -2,16 +2,17 @@
 
 import pytest
 import torch
-from conftest import VOCAB, make_tiny, synthetic_profile
+
+from latprune import LatpruneError
 from latprune.compress.importance import compute_ranking
 from latprune.compress.workflow import RankedModel
 from latprune.predictors.predictor import Predictor
 from latprune.search.pareto import pareto_front
 from latprune.search.strategies import layer_family
 from latprune.search.workflow import SearchOptions, find_candidates
-
-from latprune import LatpruneError
 from latprune.workload import Workload
+
+from conftest import VOCAB, make_tiny, synthetic_profile
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from conftest import FAMILIES, make_tiny, tiny_configs
-from latprune.compress.extract import extract
 
 from latprune import Architecture, LatpruneError, SearchSpace
+from latprune.compress.extract import extract
+
+from conftest import FAMILIES, make_tiny, tiny_configs
 
 
 def smol_like_space():
