@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
 from latprune.models import load_config, load_parent, resolve
 from latprune.space import SearchSpace
 from latprune.text import calibration_windows, heldout_windows, read_text
@@ -87,3 +89,44 @@ def evaluate(model: str | Path, text: str | Path | None = None, windows: int = E
     held = heldout_windows(tokenizer, read_text(text), WINDOW, windows)
     return {"perplexity": perplexity(net, held, progress=progress), "windows": int(held.shape[0]),
             "window": WINDOW, "parameters": sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())}
+
+
+def distill_model(student: str | Path, teacher: str | Path, out: str | Path, steps: int = 200,
+                  text: str | Path | None = None, eval_windows: int = EVAL_WINDOWS, lr: float = 2e-4,
+                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Distil a compressed checkpoint from its parent and save it to `out` (same architecture).
+    Interrupted runs resume from `out`'s sibling checkpoint folder."""
+    from transformers import AutoConfig
+
+    from .checkpoint import read_metadata
+    from .distill import DistillConfig, distill
+
+    meta = read_metadata(student)
+    arch = Architecture.from_dict(meta["architecture"])
+    parent_cfg = dict(meta["parent"]["config"])
+    parent_config = AutoConfig.for_model(parent_cfg.pop("model_type"), **parent_cfg)
+    teacher_model, tokenizer = load_parent(teacher)
+    from latprune.models import model_identity
+
+    if model_identity(teacher_model.config)["config_hash"] != meta["parent"]["config_hash"]:
+        raise LatpruneError(f"teacher '{teacher}' is not the parent the student was cut from "
+                            f"({meta['parent']['name']}); pass that model as --teacher")
+    student_model = load_parent(student)[0]
+    body = read_text(text)
+    calib = calibration_windows(tokenizer, body, WINDOW, max_windows=100_000)
+    held = heldout_windows(tokenizer, body, WINDOW, eval_windows)
+    cfg = DistillConfig(steps=steps, lr=lr, seed=seed)
+    before = perplexity(student_model, held, progress=progress)
+    t0 = time.perf_counter()
+    checkpoint = Path(out).with_name(Path(out).name + ".distill-checkpoint")
+    distill(student_model, teacher_model, calib, cfg, checkpoint, progress)
+    seconds = time.perf_counter() - t0
+    after = perplexity(student_model, held, progress=progress)
+    info = {"steps": steps, "tokens": cfg.tokens(WINDOW), "seconds_this_run": round(seconds, 1),
+            "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "heldout_perplexity_before": before, "heldout_perplexity_after": after,
+            "parent_heldout_perplexity": perplexity(teacher_model, held, progress=progress),
+            "eval": {"windows": int(held.shape[0]), "window": WINDOW}}
+    save_compressed(student_model, arch, out, parent_config, tokenizer, {**meta.get("extra", {}), "distill": info})
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return info

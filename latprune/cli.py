@@ -116,6 +116,11 @@ def cmd_search(args) -> int:
     if summary.get("parent_is_answer"):
         print(f"latprune: {summary['message']}")
         return 0
+    _print_winner(summary, args.out)
+    return 0
+
+
+def _print_winner(summary: dict, out) -> None:
     w, p, m = summary["winner"], summary["parent"], summary["metric"]
     sp = summary["speedup"][m]
     print(f"winner {w['describe']} ({w['parameters']:,} of {p['parameters']:,} parameters)\n"
@@ -123,7 +128,37 @@ def cmd_search(args) -> int:
           f"{w['predicted'][m]:.2f} ms); parent measured {p['measured'][m]:.2f} ms\n"
           f"  speedup: measured {sp['measured']:.2f}x, predicted {sp['predicted']:.2f}x\n"
           f"  held-out perplexity {w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f})\n"
-          f"wrote {args.out}")
+          f"wrote {out}")
+
+
+def cmd_run(args) -> int:
+    from latprune.search.pipeline import run_pipeline
+
+    summary = run_pipeline(args.model, args.device, args.latency_ms, args.metric, args.samples, args.budget,
+                           args.out, args.seed)
+    if summary.get("parent_is_answer"):
+        return 0
+    _print_winner(summary, args.out)
+    print(f"report: {summary['report']['markdown']} and {summary['report']['html']} "
+          f"(whole run {summary['wall_s'] / 60:.1f} min)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from latprune.search.report import build_report
+
+    md, html = build_report(args.dir, args.predictor, args.out)
+    print(f"wrote {md} and {html}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from latprune.compress.workflow import distill_model
+
+    info = distill_model(args.student, args.teacher, args.out, args.steps, args.text, lr=args.lr, seed=args.seed)
+    print(f"distilled {args.steps} steps ({info['tokens']:,} tokens, {info['seconds_this_run']:.0f} s): held-out "
+          f"perplexity {info['heldout_perplexity_before']:.2f} -> {info['heldout_perplexity_after']:.2f} "
+          f"(parent {info['parent_heldout_perplexity']:.2f}); wrote {args.out}")
     return 0
 
 
@@ -228,6 +263,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--allow-mismatch", action="store_true", help="use a predictor of another device/model")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("run", help="the whole pipeline: profile, fit, search, verify, export, report",
+                       formatter_class=fmt,
+                       epilog="examples:\n  latprune run                       # default model, this CPU, budget = 60% "
+                              "of the parent's measured decode_ms\n"
+                              "  latprune run --device cpu --latency-ms 12 --samples 80")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--latency-ms", type=float, help="budget (default: 60%% of the parent's measured latency)")
+    p.add_argument("--metric", default="decode_ms", help="decode_ms (default), prefill_ms or e2e_ms")
+    p.add_argument("--model", default="default")
+    p.add_argument("--samples", type=int, default=40, help="profiled architectures (default 40)")
+    p.add_argument("--budget", type=int, default=60, help="perplexity evaluations in the search (default 60)")
+    p.add_argument("--out", default="out/run")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="Markdown + HTML report of a search output directory", formatter_class=fmt,
+                       epilog="example:\n  latprune report out/run --predictor out/predictors/cpu")
+    p.add_argument("dir", help="output directory of 'latprune search' or 'latprune run'")
+    p.add_argument("--predictor", help="predictor directory, for its accuracy table")
+    p.add_argument("--out", help="report path (default DIR/report.md; report.html beside it)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("distill", help="recover quality of a compressed model by distilling from its parent",
+                       formatter_class=fmt,
+                       epilog="example:\n  latprune distill --student out/run/model --teacher default --steps 200 "
+                              "--out out/run/model-distilled\nInterrupted runs resume when rerun with the same "
+                              "options.")
+    p.add_argument("--student", required=True, help="a latprune output model directory")
+    p.add_argument("--teacher", default="default", help="its parent: 'default' or a model directory")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (each 4 x 2 windows of 128 tokens)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--text", help="UTF-8 text file (calibration part is used for training)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_distill)
     return parser
 
 

@@ -1,0 +1,70 @@
+"""latprune's search against baselines at three latency budgets, on this CPU.
+
+Budgets are fractions (0.5, 0.7, 0.85) of the parent's *measured* decode_ms (median of the
+reference timings in the profile). Every strategy runs through `latprune search` itself
+(same predictor, same verification): the winner's held-out perplexity and measured latency,
+and the number of on-device measurements used (finalists + 2 parent timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from latprune.errors import LatpruneError
+from latprune.profiling.dataset import read_profile
+from latprune.search.workflow import SearchOptions, search
+
+import _common
+
+STRATEGIES = {"nas": 3, "random": 3, "uniform": 1, "layers": 1}  # strategy -> finalists
+
+
+def parent_measured_decode(profile: str) -> float:
+    rows = read_profile(profile)
+    ref = rows[(rows.role == "reference") & (rows.status == "ok")]
+    return float(ref.decode_ms.median())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--profile", default="profiles/cpu.parquet")
+    ap.add_argument("--evaluations", type=int, default=60)
+    ap.add_argument("--fractions", default="0.5,0.7,0.85")
+    ap.add_argument("--work", default="out/bench_search")
+    args = ap.parse_args()
+    parent_ms = parent_measured_decode(args.profile)
+    rows = []
+    for fraction in [float(f) for f in args.fractions.split(",")]:
+        budget = round(fraction * parent_ms, 2)
+        for strategy, finalists in STRATEGIES.items():
+            out = Path(args.work) / f"{fraction}-{strategy}"
+            opts = SearchOptions(budget, evaluations=args.evaluations, strategy=strategy, finalists=finalists)
+            try:
+                s = search("default", "cpu", opts, out, profile_record=Path(args.work) / "verify.parquet")
+                w = s["winner"]
+                rows.append((fraction, budget, strategy, w["describe"], w["heldout_perplexity"],
+                             w["measured"]["decode_ms"], s["speedup"]["decode_ms"]["measured"],
+                             s["speedup"]["decode_ms"]["predicted"], s["evaluations"], s["device_measurements"]))
+            except LatpruneError as exc:
+                rows.append((fraction, budget, strategy, f"failed: {exc}", float("nan"), float("nan"),
+                             float("nan"), float("nan"), 0, 0))
+            print(rows[-1], flush=True)
+            shutil.rmtree(out / "onnx", ignore_errors=True)
+    lines = [f"Parent measured decode_ms (median of the profile's reference timings): {parent_ms:.2f} ms. "
+             f"Evaluations per search: {args.evaluations}. Metric: decode_ms (one token with a 128-token cache).", "",
+             "| budget | strategy | winner | held-out ppl | measured decode | speedup measured / predicted | "
+             "evaluations | device measurements |", "|---|---|---|---|---|---|---|---|"]
+    for f, b, strat, desc, ppl, ms, sm, sp, ev, dm in rows:
+        best = min(r[4] for r in rows if r[0] == f)
+        mark = "**" if ppl == best else ""
+        lines.append(f"| {f:.2f}x = {b:.2f} ms | {strat} | {desc} | {mark}{ppl:.2f}{mark} | {ms:.2f} ms | "
+                     f"{sm:.2f}x / {sp:.2f}x | {ev} | {dm} |")
+    (Path(args.work) / "rows.json").write_text(json.dumps(rows))
+    print(_common.write_markdown("search_vs_baselines", "Search vs baselines", "\n".join(lines)))
+
+
+if __name__ == "__main__":
+    main()

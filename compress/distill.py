@@ -1,0 +1,161 @@
+"""Knowledge distillation of a sub-network from its parent on calibration text.
+
+Loss = T^2 * KL(teacher_T || student_T) (forward KL on temperature-softened logits)
+       + lm_weight * next-token cross-entropy.
+AdamW, linear warm-up then cosine decay, gradient accumulation, a fixed token budget
+(steps x batch x accumulation x window). Batches are a pure function of (seed, step), so a
+run resumed from a checkpoint continues exactly as an uninterrupted one would.
+
+Checkpoints (every `save_every` steps, atomically): student weights and optimizer tensors
+in safetensors, scalars in JSON; no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from latprune.errors import LatpruneError
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 200
+    batch_size: int = 4
+    grad_accum: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 10
+    temperature: float = 2.0
+    lm_weight: float = 0.1
+    seed: int = 0
+    save_every: int = 25
+
+    def tokens(self, window: int) -> int:
+        return self.steps * self.batch_size * self.grad_accum * window
+
+
+def _batch(windows: torch.Tensor, cfg: DistillConfig, step: int, micro: int) -> torch.Tensor:
+    """Micro-batch `micro` of optimizer step `step`: a pure function of (seed, position)."""
+    per_epoch = max(1, windows.shape[0] // cfg.batch_size)
+    index = step * cfg.grad_accum + micro
+    epoch, slot = divmod(index, per_epoch)
+    perm = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+    return windows[perm[slot * cfg.batch_size : (slot + 1) * cfg.batch_size]]
+
+
+def _lr_lambda(cfg: DistillConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _loss(student: nn.Module, teacher: nn.Module, batch: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch, use_cache=False).logits.float()
+    s_logits = student(input_ids=batch, use_cache=False).logits.float()
+    t = cfg.temperature
+    kl = nn.functional.kl_div(nn.functional.log_softmax(s_logits / t, -1), nn.functional.log_softmax(t_logits / t, -1),
+                              log_target=True, reduction="batchmean") / batch.shape[1]
+    loss = kl * t * t
+    if cfg.lm_weight:
+        ce = nn.functional.cross_entropy(s_logits[:, :-1].reshape(-1, s_logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss = loss + cfg.lm_weight * ce
+    return loss
+
+
+# ---- checkpoints --------------------------------------------------------------------
+def save_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer, step: int,
+                    cfg: DistillConfig) -> None:
+    from safetensors.torch import save_file, save_model
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_model(student, str(tmp / "student.safetensors"))
+        state = opt.state_dict()
+        tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()
+                   if torch.is_tensor(v)}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg),
+                                                    "param_groups": state["param_groups"]}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer, cfg: DistillConfig) -> int:
+    """Restore student and optimizer; returns the next step. Refuses another configuration."""
+    from safetensors.torch import load_file, load_model
+
+    meta = json.loads((Path(folder) / "state.json").read_text())
+    if meta["config"] != asdict(cfg):
+        raise LatpruneError(f"checkpoint {folder} was made with other settings {meta['config']}; "
+                            "use the same options or another --out")
+    load_model(student, str(Path(folder) / "student.safetensors"))
+    tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: DistillConfig,
+            checkpoint: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> nn.Module:
+    """Distil `teacher` into `student` in place; resumes from `checkpoint` when it exists.
+    `stop_after` ends early after that many steps of this call (to test resumption)."""
+    if windows.shape[0] < cfg.batch_size:
+        raise LatpruneError(f"only {windows.shape[0]} calibration windows for batch size {cfg.batch_size}")
+    teacher.eval()
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if checkpoint is not None and (Path(checkpoint) / "state.json").is_file():
+        start = load_checkpoint(Path(checkpoint), student, opt, cfg)
+    schedule = _lr_lambda(cfg)
+    bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not progress)
+    t0, seen = time.perf_counter(), 0
+    try:
+        for step in range(start, cfg.steps):
+            if stop_after is not None and step - start >= stop_after:
+                break
+            opt.zero_grad(set_to_none=True)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * schedule(step)
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = _batch(windows, cfg, step, micro)
+                loss = _loss(student, teacher, batch, cfg) / cfg.grad_accum
+                loss.backward()
+                total += float(loss.detach())
+                seen += batch.numel()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            bar.update(1)
+            bar.set_postfix_str(f"loss {total:.3f}, {seen / (time.perf_counter() - t0):.0f} tok/s")
+            if checkpoint is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
+                save_checkpoint(Path(checkpoint), student, opt, step + 1, cfg)
+    finally:
+        bar.close()
+        student.eval()
+    return student
