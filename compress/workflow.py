@@ -127,6 +127,7 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
             "heldout_perplexity_before": before, "heldout_perplexity_after": after,
             "parent_heldout_perplexity": perplexity(teacher_model, held, progress=progress),
             "eval": {"windows": int(held.shape[0]), "window": WINDOW}}
-    save_compressed(student_model, arch, out, parent_config, tokenizer, {**meta.get("extra", {}), "distill": info})
+    kept = {k: meta[k] for k in ("quality", "search") if k in meta}
+    save_compressed(student_model, arch, out, parent_config, tokenizer, {**kept, "distill": info})
     shutil.rmtree(checkpoint, ignore_errors=True)
     return info
