@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-import _common
-
 from latprune.compress.workflow import compress, distill_model
+
+import _common
 
 
 def main() -> None:

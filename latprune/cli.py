@@ -112,7 +112,7 @@ def cmd_search(args) -> int:
                          args.seed, args.finalists, args.pareto)
     summary = search(args.model, args.device, opts, args.out, args.predictor, args.text,
                      Workload.parse(args.workload) if args.workload else None, args.devices_file,
-                     args.allow_mismatch)
+                     args.allow_mismatch, distill_steps=args.distill_steps)
     if summary.get("parent_is_answer"):
         print(f"latprune: {summary['message']}")
         return 0
@@ -262,6 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the predictor's)")
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--allow-mismatch", action="store_true", help="use a predictor of another device/model")
+    p.add_argument("--distill-steps", type=int, default=0, help="distil the winner from the parent for N steps")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("run", help="the whole pipeline: profile, fit, search, verify, export, report",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ def _load_predictor(path: str | Path | None, device: str, config, allow_mismatch
 
 def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path, predictor: str | Path | None = None,
            text: str | Path | None = None, workload: Workload | None = None, devices_file: str | Path | None = None,
-           allow_mismatch: bool = False, profile_record: str | Path | None = None,
+           allow_mismatch: bool = False, profile_record: str | Path | None = None, distill_steps: int = 0,
            progress: bool = True) -> dict[str, Any]:
     """Search, verify the finalists on `device`, and write `out` (model/, onnx/,
     candidates.parquet, summary.json). Raises (writing nothing) when no finalist meets the
@@ -142,6 +143,15 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, 40)
     summary = _summary(ranked, pred, workload, opts, winner, cands, measured[winner.id], parent_row,
                        perplexity(ranked.model, held), perplexity(child, held), held, dev.name, t_search)
+    if distill_steps:
+        from latprune.compress.distill import DistillConfig, distill
+
+        cfg = DistillConfig(steps=distill_steps, seed=opts.seed)
+        train = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, max_windows=100_000)
+        distill(child, ranked.model, train, cfg, Path(str(out) + ".distill-checkpoint"), progress)
+        summary["winner"]["heldout_perplexity_before_distill"] = summary["winner"]["heldout_perplexity"]
+        summary["winner"]["heldout_perplexity"] = perplexity(child, held)
+        summary["distill"] = {"steps": distill_steps, "tokens": cfg.tokens(WINDOW)}
 
     def fill(tmp: Path) -> None:
         save_compressed(child, winner, tmp / "model", ranked.model.config, ranked.tokenizer, {"search": summary})
@@ -150,6 +160,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
     write_dir_atomically(Path(out), fill)
+    shutil.rmtree(str(out) + ".distill-checkpoint", ignore_errors=True)
     return summary
 
 
