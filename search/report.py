@@ -30,7 +30,7 @@ def _verified(summary: dict, cands: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = [{"name": "parent", "describe": "parent", "predicted": summary["parent"]["predicted"][metric],
              "measured": summary["parent"]["measured"][metric], "perplexity": None}]
     for _, r in fin.iterrows():
-        rows.append({"name": r.arch_id, "describe": r.describe, "predicted": r[f"pred_{metric}"],
+        rows.append({"name": r.arch_id, "describe": r["describe"], "predicted": r[f"pred_{metric}"],
                      "measured": r[f"measured_{metric}"], "perplexity": r.perplexity})
     return pd.DataFrame(rows)
 
@@ -90,7 +90,7 @@ def speedup_table(summary: dict, cands: pd.DataFrame) -> str:
         ok = abs(r.predicted / r.measured - 1) <= BAND
         ppl = "" if r.perplexity is None or pd.isna(r.perplexity) else f"{r.perplexity:.2f}"
         win = " (winner)" if r["name"] == summary["winner"]["architecture_id"] else ""
-        lines.append(f"| {r.describe}{win} | {ppl} | {r.predicted:.2f} ms | {r.measured:.2f} ms | {ps:.2f}x | "
+        lines.append(f"| {r['describe']}{win} | {ppl} | {r.predicted:.2f} ms | {r.measured:.2f} ms | {ps:.2f}x | "
                      f"{ms:.2f}x | {'yes' if ok else 'no'} |")
     return "\n".join(lines)
 
