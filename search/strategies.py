@@ -3,7 +3,8 @@
 - `nas`: nevergrad over the SearchSpace's parametrization (ordered choices), with the
   predicted latency as a cheap constraint and a penalty;
 - `random`: uniform random architectures of the space, rejected when predicted infeasible;
-- `uniform`: every width and the depth scaled by one factor (largest feasible factor);
+- `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept
+  (largest feasible factor);
 - `layers`: layer dropping only, least important layers first (largest feasible depth).
 """
 
@@ -35,6 +36,7 @@ def uniform_family(ev: Evaluator, steps: int = 200) -> list[Architecture]:
     out: dict[str, Architecture] = {}
     for f in np.linspace(0.0, 1.0, steps + 1)[1:]:
         values = {k: min(v, key=lambda c: abs(c - f * v[-1])) for k, v in choices.items()}
+        values["layers"] = choices["layers"][-1]
         arch = space.from_values(values, order)
         out.setdefault(arch.id, arch)
     return sorted(out.values(), key=space.num_params)
@@ -85,10 +87,10 @@ def _nevergrad(ev: Evaluator, evaluations: int, seed: int, optimizer: str, progr
 
     param.register_cheap_constraint(feasible)
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
-    # Start from the largest feasible uniform scaling: a good, known-feasible anchor.
-    anchor = _largest_feasible(ev, uniform_family(ev))
-    if anchor:
-        opt.suggest(space.values_of(anchor[0]))
+    # Start from the baselines' answers (largest feasible width scaling and layer dropping):
+    # known-feasible anchors that the search then improves on.
+    for anchor in _largest_feasible(ev, uniform_family(ev)) + _largest_feasible(ev, layer_family(ev)):
+        opt.suggest(space.values_of(anchor))
     asks = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nevergrad warns when the cheap constraint is hard to satisfy

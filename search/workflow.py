@@ -120,6 +120,10 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
                            "the parent is the answer; nothing to compress"}
     calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
     ev = find_candidates(ranked, pred, calib, workload, opts, progress)
+    if not ev.records:
+        raise LatpruneError(f"strategy '{opts.strategy}' found no architecture predicted to meet {opts.metric} <= "
+                            f"{opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full depth's "
+                            "latency); try --strategy nas or a larger budget")
     cands = ev.frame().sort_values("perplexity")
     finalists = [space.validate(_arch(r)) for r in cands.head(opts.finalists).arch_json]
     t_search = time.perf_counter() - t_start
