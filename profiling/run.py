@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import shutil
 import time
@@ -27,6 +29,16 @@ from .timing import time_model
 
 DRIFT_THRESHOLD = 0.10
 REFERENCE_EVERY = 10
+
+
+def _release_memory() -> None:
+    """Give freed model and session memory back to the OS (glibc keeps it otherwise, and RSS
+    grows by GBs over a long profile of differently sized models)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def default_out(device: str) -> Path:
@@ -77,6 +89,7 @@ class Profiler:
         finally:
             if not self.keep_onnx and arch != self.space.largest():  # the reference graph is reused
                 shutil.rmtree(folder, ignore_errors=True)
+            _release_memory()
         return row
 
     def _base_row(self, arch: Architecture, role: str) -> dict[str, Any]:
@@ -102,14 +115,13 @@ class Profiler:
         row = self.measure(ref, "reference")
         if row["status"] != "ok":
             raise LatpruneError(f"the reference architecture failed to time: {row['error']}")
-        first = self.writer.rows(role="reference", status="ok", **self.key)
-        if not first.empty:
-            base = first.iloc[0]
-            ratios = [row["prefill_ms"] / base["prefill_ms"], row["decode_ms"] / base["decode_ms"]]
+        previous = self.writer.rows(role="reference", status="ok", **self.key)
+        if not previous.empty:  # relative to the median of earlier timings: robust to one unlucky first timing
+            ratios = [row[m] / float(previous[m].median()) for m in ("prefill_ms", "decode_ms")]
             self.drift = max(ratios, key=lambda r: abs(r - 1))
             if abs(self.drift - 1) > DRIFT_THRESHOLD:
                 (pbar.write if pbar else print)(
-                    f"latprune: warning: reference drifted {self.drift - 1:+.0%} since the first timing; "
+                    f"latprune: warning: reference drifted {self.drift - 1:+.0%} from its earlier timings; "
                     "following samples are flagged (machine busy or throttling?)")
         row.update(drift=self.drift, drift_flag=abs(self.drift - 1) > DRIFT_THRESHOLD)
         self.writer.append(row)
