@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from latprune.architecture import Architecture
 from latprune.compress.checkpoint import save_compressed, write_dir_atomically
 from latprune.compress.quality import perplexity
 from latprune.compress.workflow import WINDOW, RankedModel, rank_model
@@ -125,7 +126,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
                             f"{opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full depth's "
                             "latency); try --strategy nas or a larger budget")
     cands = ev.frame().sort_values("perplexity")
-    finalists = [space.validate(_arch(r)) for r in cands.head(opts.finalists).arch_json]
+    finalists = [space.validate(Architecture.from_json(r)) for r in cands.head(opts.finalists).arch_json]
     t_search = time.perf_counter() - t_start
 
     record = profile_record or default_out(dev.name)
@@ -166,12 +167,6 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     write_dir_atomically(Path(out), fill)
     shutil.rmtree(str(out) + ".distill-checkpoint", ignore_errors=True)
     return summary
-
-
-def _arch(arch_json: str):
-    from latprune.architecture import Architecture
-
-    return Architecture.from_json(arch_json)
 
 
 def _summary(ranked, pred, workload, opts, winner, cands: pd.DataFrame, measured: dict, parent_row: dict,
