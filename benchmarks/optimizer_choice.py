@@ -18,7 +18,7 @@ from latprune.workload import Workload
 
 import _common
 
-CANDIDATES = ("DiscreteLenglerOnePlusOne", "NGOpt", "PortfolioDiscreteOnePlusOne", "RandomSearch")
+CANDIDATES = ("PortfolioDiscreteOnePlusOne", "DiscreteLenglerOnePlusOne", "NGOpt", "RandomSearch")
 
 
 def main() -> None:

@@ -253,7 +253,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.0, help="safety margin: predicted upper bound <= "
                                                              "budget x (1 - margin)")
     p.add_argument("--strategy", default="nas", help="nas (default), random, uniform or layers")
-    p.add_argument("--optimizer", default="DiscreteLenglerOnePlusOne", help="nevergrad optimizer for --strategy nas")
+    p.add_argument("--optimizer", default="PortfolioDiscreteOnePlusOne",
+                   help="nevergrad optimizer for --strategy nas (default chosen in benchmarks/optimizer_choice.py)")
     p.add_argument("--finalists", type=int, default=3, help="top candidates timed on the device")
     p.add_argument("--pareto", type=int, default=0, help="also report K points of the perplexity/latency front")
     p.add_argument("--out", default="out/search", help="output directory (default out/search)")

@@ -19,7 +19,7 @@ from latprune.errors import LatpruneError
 
 from .evaluate import Evaluator
 
-DEFAULT_OPTIMIZER = "DiscreteLenglerOnePlusOne"
+DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
 STRATEGIES = ("nas", "random", "uniform", "layers")
 
 
