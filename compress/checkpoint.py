@@ -10,9 +10,6 @@ from the metadata. Directories are written to a temporary sibling and renamed in
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +18,11 @@ from torch import nn
 
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
+from latprune.files import atomic_dir
 from latprune.models import model_identity
 from latprune.space import SearchSpace
 
 CHECKPOINT_VERSION = 1
-
-
-def write_dir_atomically(out: Path, fill) -> Path:
-    """Call `fill(tmp_dir)`, then move tmp_dir to `out` (replacing it); nothing half-written
-    is left at `out` on failure or Ctrl-C."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        fill(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, parent_config, tokenizer=None,
@@ -58,13 +40,12 @@ def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, paren
         **(extra or {}),
     }
 
-    def fill(tmp: Path) -> None:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "latprune.json").write_text(json.dumps(meta, indent=2, default=str))
-
-    return write_dir_atomically(Path(out), fill)
+    return Path(out)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

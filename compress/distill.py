@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.errors import LatpruneError
+from latprune.files import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -83,10 +81,7 @@ def save_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer
                     cfg: DistillConfig) -> None:
     from safetensors.torch import save_file, save_model
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         save_model(student, str(tmp / "student.safetensors"))
         state = opt.state_dict()
         tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()
@@ -94,11 +89,6 @@ def save_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg),
                                                     "param_groups": state["param_groups"]}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer, cfg: DistillConfig) -> int:

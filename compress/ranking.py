@@ -7,8 +7,6 @@ parent's weights under which any sub-network keeps the most important parts.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 
 from latprune.errors import LatpruneError
+from latprune.files import atomic_file
 from latprune.space import SearchSpace
 
 RANKING_VERSION = 1
@@ -82,21 +81,13 @@ class Ranking:
         """Write atomically as safetensors; metadata (version, model, calibration) in the header."""
         from safetensors.numpy import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {name: np.ascontiguousarray(getattr(self, name), dtype=np.int64)
                    for name in ("layer_order", "kv_order", "head_order", "neuron_order", "channel_order")}
         tensors.update({f"score_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in self.scores.items()})
         meta = {"latprune_ranking_version": str(RANKING_VERSION), "meta": json.dumps(self.meta)}
-        fd, tmp = tempfile.mkstemp(prefix=".ranking-", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Ranking:

@@ -8,11 +8,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import LatpruneError
+from .files import atomic_dir
 
 DEFAULT = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,18 +46,11 @@ def default_model_dir() -> Path:
     gguf = default_gguf()
     print(f"latprune: converting the default model {DEFAULT_NAME} from GGUF once into {target} ...", flush=True)
     model, tokenizer = _load_gguf(gguf)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.config.name_or_path = DEFAULT_NAME
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "latprune_source.json").write_text(json.dumps({"source": str(gguf), "name": DEFAULT_NAME}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

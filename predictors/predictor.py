@@ -8,9 +8,6 @@ and the surrogate files (XGBoost's own UBJ format; no pickle).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +18,7 @@ import pandas as pd
 
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
+from latprune.files import atomic_dir
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
@@ -157,19 +155,11 @@ class Predictor:
     # ---- files -----------------------------------------------------------------
     def save(self, out: str | Path) -> Path:
         """Write the directory atomically (temporary sibling, then rename)."""
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             states = {metric: model.save(tmp) for metric, model in self.surrogates.items()}
             (tmp / "metadata.json").write_text(json.dumps({**self.meta, "surrogates": states}, indent=2))
             (tmp / "accuracy.md").write_text(self.accuracy_table() + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
+        return Path(out)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | None = None, model_hash: str | None = None,

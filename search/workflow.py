@@ -14,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
-from latprune.compress.checkpoint import save_compressed, write_dir_atomically
+from latprune.compress.checkpoint import save_compressed
 from latprune.compress.quality import perplexity
 from latprune.compress.workflow import WINDOW, RankedModel, rank_model
 from latprune.errors import LatpruneError
+from latprune.files import atomic_dir
 from latprune.models import load_config, model_identity
 from latprune.predictors.predictor import Predictor
 from latprune.profiling.devices import check_available, get_device
@@ -158,13 +159,11 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         summary["winner"]["heldout_perplexity"] = perplexity(child, held)
         summary["distill"] = {"steps": distill_steps, "tokens": cfg.tokens(WINDOW)}
 
-    def fill(tmp: Path) -> None:
+    with atomic_dir(out) as tmp:
         save_compressed(child, winner, tmp / "model", ranked.model.config, ranked.tokenizer, {"search": summary})
         export_onnx(child, tmp / "onnx")
         cands.to_parquet(tmp / "candidates.parquet", index=False)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-
-    write_dir_atomically(Path(out), fill)
     shutil.rmtree(str(out) + ".distill-checkpoint", ignore_errors=True)
     return summary
 

@@ -86,3 +86,15 @@ def test_per_layer_checkpoint_round_trips_through_latprune(tmp_path, tokens):
     save_compressed(child, arch, tmp_path / "m", parent.config)
     loaded = latprune.load_model(tmp_path / "m")
     assert torch.equal(logits(loaded, tokens), logits(child, tokens))
+
+
+def test_output_directories_are_not_private(tmp_path):
+    import os
+    import stat
+
+    parent = make_tiny("llama")
+    space = SearchSpace.from_config(parent.config)
+    save_compressed(extract(parent, space.largest()), space.largest(), tmp_path / "m", parent.config)
+    mode = stat.S_IMODE(os.stat(tmp_path / "m").st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IXOTH  # mkdtemp's 0700 must not leak into the result
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
