@@ -1,7 +1,9 @@
 """Search strategies, all spending at most `evaluations` perplexity evaluations:
 
 - `nas`: nevergrad over the SearchSpace's parametrization (ordered choices), with the
-  predicted latency as a cheap constraint and a penalty;
+  predicted latency as a cheap constraint and a penalty, started from the largest
+  feasible member of each one-knob family (the `--keep` recipe, layer dropping, width
+  scaling);
 - `random`: uniform random architectures of the space, rejected when predicted infeasible;
 - `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept
   (largest feasible factor);
@@ -30,22 +32,32 @@ def _largest_feasible(ev: Evaluator, family: list[Architecture]) -> list[Archite
     return ok[-1:]
 
 
-def uniform_family(ev: Evaluator, steps: int = 200) -> list[Architecture]:
+def _family(ev: Evaluator, scale: dict[str, float], steps: int = 200) -> list[Architecture]:
+    """Architectures where dimension k is the legal value nearest f**scale[k] x its maximum
+    (f in (0, 1]; dimensions not in `scale` stay at their maximum), smallest first."""
     space, order = ev.ranked.space, ev.ranked.ranking.layer_order
     choices = space.choices()
     out: dict[str, Architecture] = {}
     for f in np.linspace(0.0, 1.0, steps + 1)[1:]:
-        values = {k: min(v, key=lambda c: abs(c - f * v[-1])) for k, v in choices.items()}
-        values["layers"] = choices["layers"][-1]
+        values = {k: min(v, key=lambda c: abs(c - f ** scale.get(k, 0.0) * v[-1])) for k, v in choices.items()}
         arch = space.from_values(values, order)
         out.setdefault(arch.id, arch)
     return sorted(out.values(), key=space.num_params)
 
 
+def uniform_family(ev: Evaluator) -> list[Architecture]:
+    """Width scaling: heads (KV groups and queries per group), MLP and hidden by one factor."""
+    return _family(ev, {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
+
+
 def layer_family(ev: Evaluator) -> list[Architecture]:
-    space, order = ev.ranked.space, ev.ranked.ranking.layer_order
-    full = {k: v[-1] for k, v in space.choices().items()}
-    return [space.from_values({**full, "layers": n}, order) for n in space.choices()["layers"]]
+    """Layer dropping: full widths, the least important layers go first."""
+    return _family(ev, {"layers": 1.0})
+
+
+def recipe_family(ev: Evaluator) -> list[Architecture]:
+    """The `--keep` recipe (`SearchSpace.scaled`): MLP x f, layers x sqrt(f)."""
+    return _family(ev, {"mlp": 1.0, "layers": 0.5})
 
 
 def run_strategy(ev: Evaluator, strategy: str, evaluations: int, seed: int, optimizer: str = DEFAULT_OPTIMIZER,
@@ -87,10 +99,11 @@ def _nevergrad(ev: Evaluator, evaluations: int, seed: int, optimizer: str, progr
 
     param.register_cheap_constraint(feasible)
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
-    # Start from the baselines' answers (largest feasible width scaling and layer dropping):
-    # known-feasible anchors that the search then improves on.
-    for anchor in _largest_feasible(ev, uniform_family(ev)) + _largest_feasible(ev, layer_family(ev)):
-        opt.suggest(space.values_of(anchor))
+    # Start from known-feasible anchors that the search then improves on: the largest
+    # feasible member of each one-knob family (the baselines' answers and the --keep recipe).
+    for family in (recipe_family, layer_family, uniform_family):
+        for anchor in _largest_feasible(ev, family(ev)):
+            opt.suggest(space.values_of(anchor))
     asks = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nevergrad warns when the cheap constraint is hard to satisfy
