@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .errors import LatpruneError
 
+MODEL_HELP = "'default', a Hugging Face model directory, a .gguf file or a latprune output directory"
+
 
 def _read_arch(path: str):
     from .architecture import Architecture
@@ -163,6 +165,10 @@ def cmd_distill(args) -> int:
 
 
 # ---- parser --------------------------------------------------------------------
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help=f"{MODEL_HELP} (default: the embedded SmolLM2-135M)")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -174,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("space", help="print the search space of a model", formatter_class=fmt,
                        epilog="example:\n  latprune space --model default")
-    p.add_argument("--model", default="default", help="'default', a HF model directory or a .gguf file")
+    _model_arg(p)
     p.set_defaults(func=cmd_space)
 
     p = sub.add_parser("compress", help="extract an importance-ordered sub-network and save it",
@@ -182,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  latprune compress --model default --keep 0.6 --out out/smol60\n"
                               "  latprune compress --model default --arch arch.json --out out/mine\n"
                               'arch.json: {"layers": 20, "heads": 6, "kv_groups": 2, "mlp": 1024, "hidden": 576}')
-    p.add_argument("--model", default="default", help="'default', a HF model directory or a .gguf file")
+    _model_arg(p)
     p.add_argument("--arch", help="architecture JSON file (layers may be a count or a list of parent indices)")
     p.add_argument("--keep", type=float, help="fraction of parameters to keep (default 0.6 when no --arch)")
     p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint)")
@@ -193,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="held-out perplexity of a model", formatter_class=fmt,
                        epilog="examples:\n  latprune eval --model default\n  latprune eval --model out/smol60 "
                               "--text my_corpus.txt")
-    p.add_argument("--model", default="default", help="'default', a model directory or a .gguf file")
+    _model_arg(p)
     p.add_argument("--text", help="UTF-8 text file (its held-out part is used; default: pydoc topics)")
     p.add_argument("--windows", type=int, default=40, help="held-out windows of 128 tokens")
     p.set_defaults(func=cmd_eval)
@@ -210,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
                               "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
                               "Rerunning the same command resumes: finished samples are kept and skipped.")
     p.add_argument("--device", default="cpu", help="cpu, a100, jetson or a device of --devices-file")
-    p.add_argument("--model", default="default", help="'default', a HF model directory or a .gguf file")
+    _model_arg(p)
     p.add_argument("--samples", type=int, default=40, help="number of sampled architectures (default 40)")
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (the default)")
     p.add_argument("--out", help="Parquet file (default profiles/DEVICE.parquet); appended to, resumable")
@@ -247,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, required=True, help="latency budget of --metric, in ms")
     p.add_argument("--metric", default="decode_ms", help="decode_ms (per generated token; default), prefill_ms "
                                                           "or e2e_ms")
-    p.add_argument("--model", default="default")
+    _model_arg(p)
     p.add_argument("--predictor", help="predictor directory (default out/predictors/DEVICE)")
     p.add_argument("--budget", type=int, default=60, help="perplexity evaluations (default 60)")
     p.add_argument("--margin", type=float, default=0.0, help="safety margin: predicted upper bound <= "
@@ -274,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--latency-ms", type=float, help="budget (default: 60%% of the parent's measured latency)")
     p.add_argument("--metric", default="decode_ms", help="decode_ms (default), prefill_ms or e2e_ms")
-    p.add_argument("--model", default="default")
+    _model_arg(p)
     p.add_argument("--samples", type=int, default=40, help="profiled architectures (default 40)")
     p.add_argument("--budget", type=int, default=60, help="perplexity evaluations in the search (default 60)")
     p.add_argument("--out", default="out/run")
