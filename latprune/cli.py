@@ -301,7 +301,8 @@ def _parser() -> argparse.ArgumentParser:
                               "options.")
     p.add_argument("--student", required=True, help="a latprune output model directory")
     p.add_argument("--teacher", default="default", help="its parent: 'default' or a model directory")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps (each 4 x 2 windows of 128 tokens)")
+    p.add_argument("--steps", type=int, default=200,
+                   help="optimizer steps, each 4 x 2 windows of 128 tokens (~6 s a step for SmolLM2 on 2 CPU cores)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--text", help="UTF-8 text file (calibration part is used for training)")
     p.add_argument("--out", required=True)
