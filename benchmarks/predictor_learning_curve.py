@@ -2,13 +2,13 @@
 
 A fixed, seeded set of profiled architectures is held out; each surrogate kind is fitted on
 growing random subsets of the rest (3 draws each) and scored on the held-out set.
-The MLP baseline needs the optional `jax` extra and is reported as skipped without it.
+Kinds: XGBoost on the roofline residual (latprune's default), the roofline alone, and a
+small torch MLP ensemble.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import matplotlib
 import numpy as np
@@ -53,12 +53,9 @@ def main() -> None:
                 results[(metric, kind, size)] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
                 print(metric, kind, size, results[(metric, kind, size)], flush=True)
 
-    mlp = "skipped: the optional `jax` extra is not installed" if importlib.util.find_spec("jax") is None else \
-        "not implemented yet"
     lines = [f"Profile: `{args.profile}` ({counts['used']} usable rows; {counts['failed']} failed and "
              f"{counts['drift_flagged']} drift-flagged excluded). Held-out: {len(hold)} architectures never used "
-             f"for training. Scores are means over {args.draws} random training subsets (1 for 'all'). "
-             f"MLP ensemble: {mlp}.", ""]
+             f"for training. Scores are means over {args.draws} random training subsets (1 for 'all').", ""]
     lines += ["| metric | model | train rows | within ±5% | within ±10% | MAPE | Spearman ρ |",
               "|---|---|---|---|---|---|---|"]
     for (metric, kind, size), a in results.items():

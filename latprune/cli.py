@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
                               "  latprune fit profiles/cpu.parquet --model roofline --out out/predictors/cpu-roofline")
     p.add_argument("profile", help="Parquet file written by 'latprune profile'")
     p.add_argument("--out", help="predictor directory (default out/predictors/DEVICE)")
-    p.add_argument("--model", default="xgboost", choices=["xgboost", "roofline"], help="surrogate kind")
+    p.add_argument("--model", default="xgboost", choices=["xgboost", "roofline", "mlp"], help="surrogate kind")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_fit)
 

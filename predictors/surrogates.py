@@ -2,6 +2,7 @@
 
 - `Roofline`: time ~ a*bytes + b*flops + c*layers + d with non-negative coefficients,
   fitted for relative error.
+- `MLPSurrogate`: a bootstrap ensemble of small torch MLPs on log features (baseline).
 - `XGBoostSurrogate`: the roofline as a base, and a bootstrap ensemble of XGBoost
   regressors on the log residual log(t) - log(roofline). The ensemble spread, widened by the
   cross-validated under-prediction quantile, gives an upper bound.
@@ -116,4 +117,89 @@ class XGBoostSurrogate:
         return s
 
 
-SURROGATES = {"xgboost": XGBoostSurrogate, "roofline": Roofline}
+class MLPSurrogate:
+    """A small ensemble of torch MLPs on standardised log features predicting log latency
+    (a learned baseline; each member sees a bootstrap sample)."""
+
+    kind = "mlp"
+    HIDDEN, EPOCHS, LR = 64, 600, 1e-2
+
+    def __init__(self, metric: str, members: int = 4, seed: int = 0):
+        self.metric, self.members, self.seed = metric, members, seed
+        self.nets: list = []
+        self.mean = self.std = None
+        self.margin = 0.0
+
+    def _net(self):
+        from torch import nn
+
+        return nn.Sequential(nn.Linear(self.mean.shape[0], self.HIDDEN), nn.SiLU(),
+                             nn.Linear(self.HIDDEN, self.HIDDEN), nn.SiLU(), nn.Linear(self.HIDDEN, 1))
+
+    def _x(self, f: pd.DataFrame):
+        import torch
+
+        x = np.log1p(np.maximum(f.to_numpy(np.float64), 0.0))
+        return torch.tensor((x - self.mean) / self.std, dtype=torch.float32)
+
+    def fit(self, f: pd.DataFrame, y: np.ndarray) -> MLPSurrogate:
+        import torch
+
+        logs = np.log1p(np.maximum(f.to_numpy(np.float64), 0.0))
+        self.mean, self.std = logs.mean(0), logs.std(0) + 1e-9
+        x, t = self._x(f), torch.tensor(np.log(y), dtype=torch.float32)[:, None]
+        rng = np.random.default_rng(self.seed)
+        self.nets = []
+        for k in range(self.members):
+            torch.manual_seed(self.seed + k)
+            idx = torch.as_tensor(rng.integers(0, len(y), len(y)) if k else np.arange(len(y)))
+            net = self._net()
+            opt = torch.optim.Adam(net.parameters(), lr=self.LR, weight_decay=1e-4)
+            for _ in range(self.EPOCHS):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(net(x[idx]), t[idx])
+                loss.backward()
+                opt.step()
+            self.nets.append(net.eval())
+        return self
+
+    def _members(self, f: pd.DataFrame) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = self._x(f)
+            return np.stack([np.exp(net(x)[:, 0].double().numpy()) for net in self.nets])
+
+    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
+        return np.median(self._members(f), axis=0)
+
+    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        m = self._members(f)
+        median = np.median(m, axis=0)
+        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.margin))
+
+    def save(self, folder: Path) -> dict:
+        from safetensors.torch import save_file
+
+        files = []
+        for k, net in enumerate(self.nets):
+            name = f"{self.metric}-mlp-{k}.safetensors"
+            save_file({n: p.contiguous() for n, p in net.state_dict().items()}, str(folder / name))
+            files.append(name)
+        return {"files": files, "mean": self.mean.tolist(), "std": self.std.tolist(), "margin": self.margin,
+                "members": self.members}
+
+    @classmethod
+    def load(cls, metric: str, state: dict, folder: Path) -> MLPSurrogate:
+        from safetensors.torch import load_file
+
+        s = cls(metric, state["members"])
+        s.mean, s.std, s.margin = np.array(state["mean"]), np.array(state["std"]), state["margin"]
+        for name in state["files"]:
+            net = s._net()
+            net.load_state_dict(load_file(str(folder / name)))
+            s.nets.append(net.eval())
+        return s
+
+
+SURROGATES = {"xgboost": XGBoostSurrogate, "roofline": Roofline, "mlp": MLPSurrogate}

@@ -58,10 +58,15 @@ def test_too_few_usable_rows_is_an_error_that_counts_exclusions():
         Predictor.fit(frame)
 
 
-def test_roofline_baseline_behind_the_same_interface():
-    roof = Predictor.fit(synthetic_profile(60), "roofline")
-    pred = roof.predict(profile_plan(smol_like_space(), 5, seed=1))
-    assert (pred.decode_ms > 0).all() and roof.meta["kind"] == "roofline"
+@pytest.mark.parametrize("kind", ["roofline", "mlp"])
+def test_baselines_behind_the_same_interface(kind, tmp_path):
+    baseline = Predictor.fit(synthetic_profile(60), kind)
+    archs = profile_plan(smol_like_space(), 5, seed=1)
+    pred = baseline.predict(archs)
+    assert (pred.decode_ms > 0).all() and baseline.meta["kind"] == kind
+    assert baseline.meta["accuracy"]["decode_ms"]["held-out"]["spearman"] > 0.8
+    baseline.save(tmp_path / kind)
+    pd.testing.assert_frame_equal(Predictor.load(tmp_path / kind).predict(archs), pred)
 
 
 def test_feature_params_equal_exact_counts():
