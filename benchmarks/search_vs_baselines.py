@@ -3,7 +3,7 @@
 Budgets are fractions (0.5, 0.7, 0.85) of the parent's *measured* decode_ms (median of the
 reference timings in the profile). Every strategy runs through `latprune search` itself
 (same predictor, same verification): the winner's held-out perplexity and measured latency,
-and the number of on-device measurements used (finalists + 2 parent timings).
+and the number of on-device timings used ((finalists + parent) x 3 interleaved rounds).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     lines = [f"Parent measured decode_ms (median of the profile's reference timings): {parent_ms:.2f} ms. "
              f"Evaluations per search: {args.evaluations}. Metric: decode_ms (one token with a 128-token cache).", "",
              "| budget | strategy | winner | held-out ppl | measured decode | speedup measured / predicted | "
-             "evaluations | device measurements |", "|---|---|---|---|---|---|---|---|"]
+             "evaluations | device timings |", "|---|---|---|---|---|---|---|---|"]
     for f, b, strat, desc, ppl, ms, sm, sp, ev, dm in rows:
         best = min(r[4] for r in rows if r[0] == f)
         mark = "**" if ppl == best else ""

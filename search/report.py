@@ -124,7 +124,7 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         f"Search: strategy `{summary['strategy']}`"
         + (f" ({summary['optimizer']})" if summary.get("optimizer") else "")
         + f", {summary['evaluations']} perplexity evaluations, {summary['device_measurements']} on-device "
-        f"measurements, workload {summary['workload']}.",
+        f"timings, workload {summary['workload']}.",
         "",
         "## Speedup: parent vs finalists",
         "",

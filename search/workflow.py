@@ -30,7 +30,7 @@ from latprune.workload import METRICS, Workload
 from .evaluate import Evaluator
 from .pareto import pareto_front, spread
 from .strategies import DEFAULT_OPTIMIZER, run_strategy
-from .verify import measure_all
+from .verify import ROUNDS, measure_all
 
 SEARCH_WINDOWS = 8
 
@@ -131,7 +131,8 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     t_search = time.perf_counter() - t_start
 
     record = profile_record or default_out(dev.name)
-    vbar = tqdm(total=len(finalists) + 2, desc=f"verify on {dev.name}", unit="model", disable=not progress)
+    vbar = tqdm(total=(len(finalists) + 1) * ROUNDS, desc=f"verify on {dev.name}", unit="timing",
+                disable=not progress)
     try:
         measured, parent_row = measure_all(config, dev, workload, finalists, record, lambda _r: vbar.update(1))
     finally:
@@ -179,7 +180,9 @@ def _summary(ranked, pred, workload, opts, winner, cands: pd.DataFrame, measured
         "device": device, "metric": m, "budget_ms": opts.latency_ms, "margin": opts.margin,
         "workload": workload.to_dict(), "strategy": opts.strategy,
         "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
-        "evaluations": len(cands), "device_measurements": len(measured_ids := cands[cands.finalist].arch_id) + 2,
+        "evaluations": len(cands),
+        "device_measurements": (len(measured_ids := cands[cands.finalist].arch_id) + 1) * ROUNDS,
+        "verification_rounds": ROUNDS,
         "search_seconds": round(search_s, 1),
         "eval": {"heldout_windows": int(held.shape[0]), "window": WINDOW, "search_windows": SEARCH_WINDOWS},
         "parent": {"architecture": space.largest().to_dict(), "parameters": space.num_params(space.largest()),

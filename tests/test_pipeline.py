@@ -1,0 +1,37 @@
+"""The whole pipeline (`latprune run`) end to end on a tiny Llama that uses SmolLM2's tokenizer."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from latprune.models import load_tokenizer
+
+pytestmark = pytest.mark.real_model  # needs the default model's tokenizer
+
+
+def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
+    import latprune.profiling.run as profiling_run
+    from latprune.search.pipeline import run_pipeline
+
+    tokenizer = load_tokenizer("default")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    model_dir = tmp_path / "tiny"
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(profiling_run, "DRIFT_THRESHOLD", 10.0)  # sub-ms timings of a toy model are noisy
+
+    summary = run_pipeline(str(model_dir), "cpu", samples=14, evaluations=6, out="out/run", log=lambda *_: None)
+
+    out = tmp_path / "out" / "run"
+    for name in ("summary.json", "candidates.parquet", "report.md", "report.html", "onnx/model.onnx",
+                 "model/latprune.json", "pareto.png", "predicted_vs_measured.png"):
+        assert (out / name).is_file(), name
+    assert summary["winner"]["measured"]["decode_ms"] <= summary["budget_ms"]
+    assert json.loads((out / "summary.json").read_text())["winner"]["architecture_id"] == \
+        summary["winner"]["architecture_id"]
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.num_hidden_layers == \
+        len(summary["winner"]["architecture"]["layers"])
+    assert (tmp_path / "profiles" / "cpu.parquet").is_file() and (tmp_path / "out/predictors/cpu").is_dir()
