@@ -12,7 +12,7 @@ from torch import nn
 
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
-from latprune.models import load_config, load_parent, resolve
+from latprune.models import load_config, load_model, load_parent, model_identity, resolve
 from latprune.space import SearchSpace
 from latprune.text import calibration_windows, heldout_windows, read_text
 
@@ -106,12 +106,10 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
     parent_cfg = dict(meta["parent"]["config"])
     parent_config = AutoConfig.for_model(parent_cfg.pop("model_type"), **parent_cfg)
     teacher_model, tokenizer = load_parent(teacher)
-    from latprune.models import model_identity
-
     if model_identity(teacher_model.config)["config_hash"] != meta["parent"]["config_hash"]:
         raise LatpruneError(f"teacher '{teacher}' is not the parent the student was cut from "
                             f"({meta['parent']['name']}); pass that model as --teacher")
-    student_model = load_parent(student)[0]
+    student_model = load_model(student)
     body = read_text(text)
     calib = calibration_windows(tokenizer, body, WINDOW, max_windows=100_000)
     held = heldout_windows(tokenizer, body, WINDOW, eval_windows)
