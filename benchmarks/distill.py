@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+from latprune.architecture import Architecture
 from latprune.compress.workflow import compress, distill_model
 
 import _common
@@ -20,7 +21,7 @@ import _common
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--keep", type=float, default=0.5)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=90)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--work", default="out/bench_distill")
     args = ap.parse_args()
@@ -33,7 +34,8 @@ def main() -> None:
     gain = 1 - info["heldout_perplexity_after"] / info["heldout_perplexity_before"]
     body = (f"Student: {summary['parameters']:,} of {summary['parent_parameters']:,} parameters "
             f"({summary['parameters'] / summary['parent_parameters']:.1%}), architecture "
-            f"`{summary['architecture']}`. Distillation: forward KL (T={info['config']['temperature']}) + "
+            f"`{Architecture.from_dict(summary['architecture']).describe()}` (importance-ordered). "
+            f"Distillation: forward KL (T={info['config']['temperature']}) + "
             f"{info['config']['lm_weight']} x LM loss, AdamW lr {args.lr}, batch {info['config']['batch_size']} x "
             f"accumulation {info['config']['grad_accum']} windows of 128 tokens, cosine schedule. Held-out: "
             f"{info['eval']['windows']} windows x 128 tokens.\n\n"
