@@ -82,15 +82,8 @@ class Architecture:
 
     @property
     def is_uniform(self) -> bool:
-        """True when every kept layer has the same widths and the layers are a parent
-        prefix-free subset (any subset is fine: the checkpoint renumbers them)."""
+        """True when every kept layer has the same widths (any subset of parent layers)."""
         return len({*zip(self.heads, self.kv_groups, self.mlp)}) <= 1
-
-    def with_layers(self, layers: Sequence[int]) -> Architecture:
-        """Same per-layer widths (uniform only) on another set of kept parent layers."""
-        if not self.is_uniform:
-            raise LatpruneError("with_layers() needs a uniform architecture")
-        return Architecture.uniform(tuple(layers), self.heads[0], self.kv_groups[0], self.mlp[0], self.hidden)
 
     def to_dict(self) -> dict[str, Any]:
         return {
