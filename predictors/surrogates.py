@@ -54,7 +54,25 @@ class Roofline:
         return r
 
 
-class XGBoostSurrogate:
+class _Ensemble:
+    """Median of the members' predictions; the upper bound is the members' 90th percentile,
+    widened to at least median x (1 + cross-validated under-prediction margin)."""
+
+    margin: float
+
+    def _members(self, f: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
+        return np.median(self._members(f), axis=0)
+
+    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        m = self._members(f)
+        median = np.median(m, axis=0)
+        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.margin))
+
+
+class XGBoostSurrogate(_Ensemble):
     kind = "xgboost"
     PARAMS = {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.08, "subsample": 0.8,
               "colsample_bytree": 0.9, "min_child_weight": 1.0, "reg_lambda": 1.0, "n_jobs": 1}
@@ -86,14 +104,6 @@ class XGBoostSurrogate:
         base = self.base.predict_all(f)
         return np.stack([base * np.exp(b.predict(data)) for b in self.boosters])
 
-    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
-        return np.median(self._members(f), axis=0)
-
-    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        m = self._members(f)
-        median = np.median(m, axis=0)
-        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.margin))
-
     def save(self, folder: Path) -> dict:
         files = []
         for k, booster in enumerate(self.boosters):
@@ -117,7 +127,7 @@ class XGBoostSurrogate:
         return s
 
 
-class MLPSurrogate:
+class MLPSurrogate(_Ensemble):
     """A small ensemble of torch MLPs on standardised log features predicting log latency
     (a learned baseline; each member sees a bootstrap sample)."""
 
@@ -169,14 +179,6 @@ class MLPSurrogate:
         with torch.no_grad():
             x = self._x(f)
             return np.stack([np.exp(net(x)[:, 0].double().numpy()) for net in self.nets])
-
-    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
-        return np.median(self._members(f), axis=0)
-
-    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        m = self._members(f)
-        median = np.median(m, axis=0)
-        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.margin))
 
     def save(self, folder: Path) -> dict:
         from safetensors.torch import save_file
