@@ -52,6 +52,22 @@ def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return ok, counts
 
 
+def reference_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per workload: the parent shape with the median of its usable reference
+    timings. The parent is re-timed every few samples while profiling, so this median is
+    the best-known latency of the largest architecture, where tree models extrapolate worst."""
+    refs = frame[(frame.role == "reference") & (frame.status == "ok") & ~frame.drift_flag.astype(bool)]
+    if refs.empty:
+        return refs
+    rows = []
+    for _, group in refs.groupby("workload"):
+        row = group.iloc[[0]].copy()
+        for metric in (*METRICS, "e2e_ms"):
+            row[metric] = float(group[metric].median())
+        rows.append(row)
+    return pd.concat(rows)
+
+
 def _split_folds(n: int, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
     return np.array_split(rng.permutation(n), folds)
 
@@ -66,10 +82,14 @@ class Predictor:
     @classmethod
     def fit(cls, frame: pd.DataFrame, kind: str = "xgboost", seed: int = 0, folds: int = 5,
             holdout: float = 0.2) -> Predictor:
-        """Fit on a profile's usable rows; accuracy from k-fold CV and a held-out split."""
+        """Fit on a profile's usable sample rows plus the parent's median reference timing;
+        accuracy from k-fold CV and a held-out split."""
         if kind not in SURROGATES:
             raise LatpruneError(f"unknown predictor model '{kind}'; choose from {', '.join(SURROGATES)}")
         rows, counts = usable_rows(frame)
+        refs = reference_rows(frame)
+        counts["reference_median_rows"] = int(len(refs))
+        rows = pd.concat([rows, refs], ignore_index=True)
         for column in ("device", "model_hash", "dtype"):
             if rows[column].nunique() > 1:
                 raise LatpruneError(f"the profile mixes several {column}s ({sorted(rows[column].unique())}); "

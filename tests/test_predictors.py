@@ -74,3 +74,17 @@ def test_feature_params_equal_exact_counts():
     archs = profile_plan(space, 10, seed=2)
     f = features(space, arch_columns(archs).assign(batch=1, prompt=128))
     assert list(f.params.astype(int)) == [space.num_params(a) for a in archs]
+
+
+def test_parent_reference_timings_anchor_the_largest_architecture():
+    frame = synthetic_profile(40)
+    largest = smol_like_space().largest()
+    ref = frame[(frame.layers == 30) & (frame.mlp == 1536) & (frame.hidden == 576) & (frame.heads == 9)].iloc[[0]]
+    true_decode = float(ref.decode_ms.iloc[0]) * 1.3  # the parent re-timed slower than its one sample row
+    spread = [true_decode * f for f in (0.98, 1, 1, 1.01, 1.02)]
+    reference = pd.concat([ref] * 5, ignore_index=True).assign(role="reference", workload="w", e2e_ms=0.0,
+                                                                decode_ms=spread)
+    without = Predictor.fit(frame).predict([largest]).decode_ms.iloc[0]
+    with_refs = Predictor.fit(pd.concat([frame, reference], ignore_index=True))
+    assert with_refs.meta["rows"]["reference_median_rows"] == 1
+    assert abs(with_refs.predict([largest]).decode_ms.iloc[0] - true_decode) < abs(without - true_decode)
