@@ -14,18 +14,13 @@ import shutil
 from pathlib import Path
 
 from latprune.errors import LatpruneError
-from latprune.profiling.dataset import read_profile
+from latprune.models import load_config, model_identity
+from latprune.search.pipeline import parent_measured
 from latprune.search.workflow import SearchOptions, search
 
 import _common
 
 STRATEGIES = {"nas": 3, "random": 3, "uniform": 1, "layers": 1}  # strategy -> finalists
-
-
-def parent_measured_decode(profile: str) -> float:
-    rows = read_profile(profile)
-    ref = rows[(rows.role == "reference") & (rows.status == "ok")]
-    return float(ref.decode_ms.median())
 
 
 def main() -> None:
@@ -35,7 +30,7 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
     ap.add_argument("--work", default="out/bench_search")
     args = ap.parse_args()
-    parent_ms = parent_measured_decode(args.profile)
+    parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     rows = []
     for fraction in [float(f) for f in args.fractions.split(",")]:
         budget = round(fraction * parent_ms, 2)

@@ -22,6 +22,9 @@ def width_step(full: int, min_choices: int = 8) -> int:
     return 1
 
 
+KEEP_RECIPE = {"mlp": 1.0, "layers": 0.5}  # `scaled`: MLP width x f, layer count x sqrt(f)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Legal values of every dimension of a parent model's sub-networks.
@@ -189,6 +192,12 @@ class SearchSpace:
         body = sum(self.layer_params(arch.hidden, h, kv, m) for h, kv, m in zip(arch.heads, arch.kv_groups, arch.mlp))
         return int(body + self.embedding_params(arch.hidden))
 
+    def scaled_values(self, f: float, exponents: dict[str, float]) -> dict[str, int]:
+        """Per dimension k, the legal value nearest f**exponents[k] x its maximum; dimensions
+        without an exponent stay at their maximum."""
+        return {k: min(v, key=lambda c: abs(c - f ** exponents.get(k, 0.0) * v[-1]))
+                for k, v in self.choices().items()}
+
     def scaled(self, keep: float, layer_order: Sequence[int] | None = None) -> Architecture:
         """A uniform architecture with about `keep` of the parent's parameters, for quick use
         without a search: the MLP width shrinks by a factor f and the layer count by sqrt(f);
@@ -197,16 +206,9 @@ class SearchSpace:
         if not 0.0 < keep <= 1.0:
             raise LatpruneError(f"--keep must be in (0, 1]; got {keep}")
         target = keep * self.num_params(self.largest())
-        choices = self.choices()
-
-        def nearest(values: tuple[int, ...], want: float) -> int:
-            return min(values, key=lambda c: abs(c - want))
 
         def at(f: float) -> Architecture:
-            values = {k: v[-1] for k, v in choices.items()}
-            values["mlp"] = nearest(choices["mlp"], f * choices["mlp"][-1])
-            values["layers"] = nearest(choices["layers"], f**0.5 * choices["layers"][-1])
-            return self.from_values(values, layer_order)
+            return self.from_values(self.scaled_values(f, KEEP_RECIPE), layer_order)
 
         lo, hi = 0.0, 1.0
         for _ in range(40):

@@ -30,12 +30,23 @@ class Evaluator:
     limit_ms: float  # budget x (1 - margin), compared with the upper bound
     records: dict[str, dict] = field(default_factory=dict)
     strategy: str = ""
+    _predictions: dict[str, pd.Series] = field(default_factory=dict)
 
     def predicted(self, archs: list[Architecture]) -> pd.DataFrame:
         return self.predictor.predict_columns(arch_columns(archs), self.workload)
 
+    def prediction(self, arch: Architecture) -> pd.Series:
+        """Predicted metrics and upper bounds of one architecture (cached by id: nevergrad's
+        constraint, the loss and the record all ask for the same ones)."""
+        if arch.id not in self._predictions:
+            self._predictions[arch.id] = self.predicted([arch]).iloc[0]
+        return self._predictions[arch.id]
+
+    def upper_ms(self, arch: Architecture) -> float:
+        return float(self.prediction(arch)[f"{self.metric}_upper"])
+
     def feasible(self, arch: Architecture) -> bool:
-        return float(self.predicted([arch])[f"{self.metric}_upper"].iloc[0]) <= self.limit_ms
+        return self.upper_ms(arch) <= self.limit_ms
 
     def quality(self, arch: Architecture) -> float:
         """Calibration perplexity of `arch` (computed once per architecture id)."""
@@ -44,7 +55,7 @@ class Evaluator:
             return rec["perplexity"]
         t0 = time.perf_counter()
         ppl = perplexity(self.ranked.extract(arch), self.windows)
-        pred = self.predicted([arch]).iloc[0]
+        pred = self.prediction(arch)
         self.records[arch.id] = {
             "arch_id": arch.id, "arch_json": arch.to_json(), "describe": arch.describe(), "order": len(self.records),
             "strategy": self.strategy, "perplexity": ppl, "params": self.ranked.space.num_params(arch),
@@ -54,7 +65,7 @@ class Evaluator:
 
     def loss(self, arch: Architecture) -> float:
         """log perplexity if feasible, else a penalty above every feasible loss."""
-        pred = float(self.predicted([arch])[f"{self.metric}_upper"].iloc[0])
+        pred = self.upper_ms(arch)
         if pred > self.limit_ms:
             return 1e3 + pred / self.limit_ms
         ppl = self.quality(arch)

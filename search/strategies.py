@@ -18,6 +18,7 @@ import numpy as np
 
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
+from latprune.space import KEEP_RECIPE
 
 from .evaluate import Evaluator
 
@@ -36,11 +37,9 @@ def _family(ev: Evaluator, scale: dict[str, float], steps: int = 200) -> list[Ar
     """Architectures where dimension k is the legal value nearest f**scale[k] x its maximum
     (f in (0, 1]; dimensions not in `scale` stay at their maximum), smallest first."""
     space, order = ev.ranked.space, ev.ranked.ranking.layer_order
-    choices = space.choices()
     out: dict[str, Architecture] = {}
     for f in np.linspace(0.0, 1.0, steps + 1)[1:]:
-        values = {k: min(v, key=lambda c: abs(c - f ** scale.get(k, 0.0) * v[-1])) for k, v in choices.items()}
-        arch = space.from_values(values, order)
+        arch = space.from_values(space.scaled_values(f, scale), order)
         out.setdefault(arch.id, arch)
     return sorted(out.values(), key=space.num_params)
 
@@ -57,7 +56,7 @@ def layer_family(ev: Evaluator) -> list[Architecture]:
 
 def recipe_family(ev: Evaluator) -> list[Architecture]:
     """The `--keep` recipe (`SearchSpace.scaled`): MLP x f, layers x sqrt(f)."""
-    return _family(ev, {"mlp": 1.0, "layers": 0.5})
+    return _family(ev, KEEP_RECIPE)
 
 
 def run_strategy(ev: Evaluator, strategy: str, evaluations: int, seed: int, optimizer: str = DEFAULT_OPTIMIZER,

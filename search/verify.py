@@ -14,9 +14,9 @@ from latprune.errors import LatpruneError
 from latprune.profiling.dataset import ProfileWriter
 from latprune.profiling.devices import Device
 from latprune.profiling.run import Profiler
+from latprune.workload import METRICS as TIMED
 from latprune.workload import Workload
 
-TIMED = ("prefill_ms", "decode_ms", "e2e_ms")
 ROUNDS = 3
 
 

@@ -65,8 +65,7 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
     """Run the strategy; every evaluated architecture is in the returned evaluator's records.
     Raises when even the smallest sub-network is predicted over the budget."""
     ev = Evaluator(ranked, predictor, windows, workload, opts.metric, opts.limit_ms)
-    smallest = ranked.space.smallest()
-    floor = float(ev.predicted([smallest])[f"{opts.metric}_upper"].iloc[0])
+    floor = ev.upper_ms(ranked.space.smallest())
     if floor > opts.limit_ms:
         raise LatpruneError(f"--latency-ms {opts.latency_ms:g} is infeasible: the smallest sub-network's predicted "
                             f"{opts.metric} (upper bound) is {floor:.3f} ms; raise the budget or lower --margin")
@@ -137,7 +136,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         measured, parent_row = measure_all(config, dev, workload, finalists, record, lambda _r: vbar.update(1))
     finally:
         vbar.close()
-    for col in ("prefill_ms", "decode_ms", "e2e_ms"):
+    for col in METRICS:
         cands[f"measured_{col}"] = cands.arch_id.map(lambda i, c=col: measured.get(i, {}).get(c))
     cands["finalist"] = cands.arch_id.isin([a.id for a in finalists])
     passing = [a for a in finalists if measured[a.id][opts.metric] <= opts.latency_ms]
@@ -148,7 +147,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     winner = passing[0]
     child = ranked.extract(winner)
     held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, 40)
-    summary = _summary(ranked, pred, workload, opts, winner, cands, measured[winner.id], parent_row,
+    summary = _summary(ranked, parent_pred, workload, opts, winner, cands, measured[winner.id], parent_row,
                        perplexity(ranked.model, held), perplexity(child, held), held, dev.name, t_search)
     if distill_steps:
         from latprune.compress.distill import DistillConfig, distill
@@ -169,12 +168,11 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     return summary
 
 
-def _summary(ranked, pred, workload, opts, winner, cands: pd.DataFrame, measured: dict, parent_row: dict,
+def _summary(ranked, parent_pred: pd.Series, workload, opts, winner, cands: pd.DataFrame, measured: dict,
+             parent_row: dict,
              ppl_parent: float, ppl_child: float, held, device: str, search_s: float) -> dict[str, Any]:
     space, m = ranked.space, opts.metric
-    parent_pred = pred.predict([space.largest()], workload).iloc[0]
     win = cands.set_index("arch_id").loc[winner.id]
-    front = pareto_front(cands, f"pred_{m}")
     summary = {
         "latprune_summary_version": 1,
         "device": device, "metric": m, "budget_ms": opts.latency_ms, "margin": opts.margin,
@@ -187,22 +185,21 @@ def _summary(ranked, pred, workload, opts, winner, cands: pd.DataFrame, measured
         "eval": {"heldout_windows": int(held.shape[0]), "window": WINDOW, "search_windows": SEARCH_WINDOWS},
         "parent": {"architecture": space.largest().to_dict(), "parameters": space.num_params(space.largest()),
                    "heldout_perplexity": ppl_parent,
-                   "predicted": {k: float(parent_pred[k]) for k in ("prefill_ms", "decode_ms", "e2e_ms")},
-                   "measured": {k: float(parent_row[k]) for k in ("prefill_ms", "decode_ms", "e2e_ms")},
+                   "predicted": {k: float(parent_pred[k]) for k in METRICS},
+                   "measured": {k: float(parent_row[k]) for k in METRICS},
                    "measured_timings": parent_row["parent_timings"]},
         "winner": {"architecture": winner.to_dict(), "architecture_id": winner.id, "describe": winner.describe(),
                    "parameters": space.num_params(winner), "heldout_perplexity": ppl_child,
                    "calibration_perplexity": float(win.perplexity),
-                   "predicted": {k: float(win[f"pred_{k}"]) for k in ("prefill_ms", "decode_ms", "e2e_ms")},
+                   "predicted": {k: float(win[f"pred_{k}"]) for k in METRICS},
                    "predicted_upper": {k: float(win[f"pred_{k}_upper"]) for k in ("prefill_ms", "decode_ms")},
-                   "measured": {k: float(measured[k]) for k in ("prefill_ms", "decode_ms", "e2e_ms")}},
+                   "measured": {k: float(measured[k]) for k in METRICS}},
         "finalists": list(measured_ids),
     }
     pp, pm = summary["parent"], summary["winner"]
     summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
-                              "measured": pp["measured"][k] / pm["measured"][k]} for k in ("prefill_ms", "decode_ms",
-                                                                                            "e2e_ms")}
+                              "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
     if opts.pareto:
-        summary["pareto"] = spread(front, f"pred_{m}", opts.pareto)[
+        summary["pareto"] = spread(pareto_front(cands, f"pred_{m}"), f"pred_{m}", opts.pareto)[
             ["arch_id", "describe", "perplexity", f"pred_{m}"]].to_dict("records")
     return summary
