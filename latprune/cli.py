@@ -73,7 +73,7 @@ def cmd_profile(args) -> int:
     from .workload import Workload
 
     out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), args.out, args.seed,
-                  args.devices_file, args.reference_every, args.keep_onnx)
+                  args.devices_file, args.keep_onnx)
     print(f"wrote {out}")
     return 0
 
@@ -222,7 +222,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="Parquet file (default profiles/DEVICE.parquet); appended to, resumable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--devices-file", help="TOML file with extra devices")
-    p.add_argument("--reference-every", type=int, default=10, help="re-time the reference every N samples")
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
     p.set_defaults(func=cmd_profile)
 

@@ -14,7 +14,7 @@ import pandas as pd
 from latprune.errors import LatpruneError
 from latprune.files import atomic_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: paired timing (ratio to the reference, raw and baseline columns)
 META_KEY = b"latprune_profile_schema"
 
 
@@ -31,8 +31,9 @@ def read_profile(path: str | Path) -> pd.DataFrame:
         raise LatpruneError(f"profile '{path}' is not a readable Parquet file ({exc}); move it away") from None
     version = (table.schema.metadata or {}).get(META_KEY)
     if version != str(SCHEMA_VERSION).encode():
-        raise LatpruneError(f"profile '{path}' has schema {version!r}, this latprune writes {SCHEMA_VERSION}; "
-                            "use another --out")
+        found = version.decode() if isinstance(version, bytes) else "none"
+        raise LatpruneError(f"profile '{path}' has schema version {found}, this latprune reads {SCHEMA_VERSION}; "
+                            "move it away (or use another --out) and profile again")
     return table.to_pandas()
 
 

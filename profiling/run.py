@@ -25,10 +25,9 @@ from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
 from .sampling import profile_plan
-from .timing import time_model
+from .timing import STEPS, TimedModel, time_steps
 
-DRIFT_THRESHOLD = 0.10
-REFERENCE_EVERY = 10
+DRIFT_THRESHOLD = 0.25
 
 
 def _release_memory() -> None:
@@ -46,7 +45,15 @@ def default_out(device: str) -> Path:
 
 
 class Profiler:
-    """Exports, times and records architectures of one model on one device and workload."""
+    """Exports, times and records architectures of one model on one device and workload.
+
+    Every architecture is timed paired with the reference (the parent shape, kept loaded),
+    and its latency is recorded at the profile's fixed scale: the paired ratio times the
+    reference's latency in the profile's first reference row (its *baseline*). `drift` is
+    the reference's latency now over the baseline; beyond DRIFT_THRESHOLD the machine has
+    changed state (throttling, another job) enough that even ratios are suspect, and the
+    row is flagged (fit leaves it out).
+    """
 
     def __init__(self, config, device: Device, workload: Workload, writer: ProfileWriter, keep_onnx: bool = False):
         self.config = config
@@ -55,11 +62,17 @@ class Profiler:
         self.device, self.workload, self.writer, self.keep_onnx = device, workload, writer, keep_onnx
         self.onnx_root = cache_dir() / "onnx" / self.identity["config_hash"]
         self.key = {"device": device.name, "workload": workload.key, "model_hash": self.identity["config_hash"]}
-        self.drift = 1.0
+        self._reference: TimedModel | None = None
+        refs = self.writer.rows(role="reference", status="ok", **self.key)
+        self.baseline = {m: float(refs[f"{m.removesuffix('_ms')}_raw_ms"].iloc[0]) for m in STEPS} \
+            if not refs.empty else None
+
+    def folder(self, arch: Architecture) -> Path:
+        return self.onnx_root / f"{arch.id}-{self.device.dtype}"
 
     def onnx_for(self, arch: Architecture) -> tuple[Path, float]:
         """The exported graph of `arch` (cached by architecture id and dtype) and export seconds."""
-        folder = self.onnx_root / f"{arch.id}-{self.device.dtype}"
+        folder = self.folder(arch)
         if (folder / "model.onnx").is_file():
             return folder / "model.onnx", 0.0
         t0 = time.perf_counter()
@@ -67,20 +80,40 @@ class Profiler:
         path = export_onnx(model, folder, self.device.torch_device)
         return path, time.perf_counter() - t0
 
+    def _reference_model(self) -> TimedModel:
+        if self._reference is None:
+            path, _ = self.onnx_for(self.space.largest())
+            self._reference = TimedModel(path, self.device, self.workload, seed=1)
+        return self._reference
+
     def measure(self, arch: Architecture, role: str) -> dict[str, Any]:
-        """One row: measured statistics, or status 'error' with the error text."""
+        """One row: measured statistics (paired with the reference, except for the reference
+        row itself), or status 'error' with the error text."""
+        if self.baseline is None and role != "reference":
+            self.reference()
         row = self._base_row(arch, role)
-        folder = self.onnx_root / f"{arch.id}-{self.device.dtype}"
         try:
             path, row["export_s"] = self.onnx_for(arch)
             t0 = time.perf_counter()
-            stats = time_model(path, self.device, self.workload)
+            paired = role != "reference"
+            timings = time_steps(TimedModel(path, self.device, self.workload), self.device,
+                                 self._reference_model() if paired else None)
             row["timing_s"] = time.perf_counter() - t0
-            for metric, s in stats.items():
+            if self.baseline is None:
+                self.baseline = {m: t.median_ms for m, t in timings.items()}
+            drifts = []
+            for metric, t in timings.items():
                 name = metric.removesuffix("_ms")
-                row.update({f"{name}_ms": s.median_ms, f"{name}_p10_ms": s.p10_ms, f"{name}_p90_ms": s.p90_ms,
-                            f"{name}_iqr_ms": s.iqr_ms, f"{name}_repeats": s.repeats})
-            row["e2e_ms"] = self.workload.e2e_ms(row["prefill_ms"], row["decode_ms"])
+                now_ms = t.reference_ms if paired else t.median_ms
+                drifts.append(now_ms / self.baseline[metric])
+                row.update({f"{name}_ms": t.ratio * self.baseline[metric] if paired else self.baseline[metric],
+                            f"{name}_raw_ms": t.median_ms, f"{name}_p10_ms": t.p10_ms, f"{name}_p90_ms": t.p90_ms,
+                            f"{name}_iqr_ms": t.iqr_ms, f"{name}_repeats": t.repeats,
+                            f"{name}_ratio": t.ratio if paired else 1.0, f"{name}_ratio_spread": t.ratio_spread,
+                            f"{name}_reference_ms": now_ms, f"{name}_baseline_ms": self.baseline[metric]})
+            drift = max(drifts, key=lambda r: abs(r - 1))
+            row.update(e2e_ms=self.workload.e2e_ms(row["prefill_ms"], row["decode_ms"]), drift=drift,
+                       drift_flag=abs(drift - 1) > DRIFT_THRESHOLD)
         except (KeyboardInterrupt, LatpruneError):
             raise
         except Exception as exc:  # noqa: BLE001 - a failing sample is recorded and the run goes on
@@ -88,11 +121,12 @@ class Profiler:
                        traceback=traceback.format_exc()[-4000:])
         finally:
             if not self.keep_onnx and arch != self.space.largest():  # the reference graph is reused
-                shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(self.folder(arch), ignore_errors=True)
             _release_memory()
         return row
 
     def _base_row(self, arch: Architecture, role: str) -> dict[str, Any]:
+        host = host_fingerprint()
         return {
             "role": role, **self.key, "arch_id": arch.id, "arch_json": arch.to_json(),
             "layers": arch.num_layers, "heads": arch.heads[0], "kv_groups": arch.kv_groups[0], "mlp": arch.mlp[0],
@@ -101,37 +135,34 @@ class Profiler:
             "model_name": self.identity["name"], "model_type": self.space.model_type,
             "parent_config_json": self.config.to_json_string(use_diff=False),
             "device_json": json.dumps(self.device.to_dict()), "dtype": self.device.dtype,
-            "threads": self.device.intra_threads, "host_json": json.dumps(host_fingerprint()),
-            "cpu_model": host_fingerprint()["cpu_model"], "gpu_name": host_fingerprint().get("gpu_name", ""),
+            "threads": self.device.intra_threads, "host_json": json.dumps(host),
+            "cpu_model": host["cpu_model"], "gpu_name": host.get("gpu_name", ""),
             "versions_json": json.dumps(library_versions()), "exporter": EXPORTER,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "status": "ok", "error": "", "traceback": "", "export_s": 0.0, "timing_s": 0.0,
-            "drift": self.drift, "drift_flag": abs(self.drift - 1) > DRIFT_THRESHOLD,
+            "drift": float("nan"), "drift_flag": False,
         }
 
-    def reference(self, pbar=None) -> dict[str, Any]:
-        """Time the reference architecture (the parent shape) and update the drift ratio."""
-        ref = self.space.largest()
-        row = self.measure(ref, "reference")
+    def reference(self) -> dict[str, Any]:
+        """Time the reference architecture alone and record it. The first reference row of a
+        profile fixes its baseline; later ones (one per resumed session) record the drift."""
+        row = self.measure(self.space.largest(), "reference")
         if row["status"] != "ok":
             raise LatpruneError(f"the reference architecture failed to time: {row['error']}")
-        previous = self.writer.rows(role="reference", status="ok", **self.key)
-        if not previous.empty:  # relative to the median of earlier timings: robust to one unlucky first timing
-            ratios = [row[m] / float(previous[m].median()) for m in ("prefill_ms", "decode_ms")]
-            self.drift = max(ratios, key=lambda r: abs(r - 1))
-            if abs(self.drift - 1) > DRIFT_THRESHOLD:
-                (pbar.write if pbar else print)(
-                    f"latprune: warning: reference drifted {self.drift - 1:+.0%} from its earlier timings; "
-                    "following samples are flagged (machine busy or throttling?)")
-        row.update(drift=self.drift, drift_flag=abs(self.drift - 1) > DRIFT_THRESHOLD)
         self.writer.append(row)
         return row
+
+    def close(self) -> None:
+        """Release the reference session and, unless kept, its exported graph."""
+        self._reference = None
+        if not self.keep_onnx:
+            shutil.rmtree(self.folder(self.space.largest()), ignore_errors=True)
+        _release_memory()
 
 
 def profile(model: str | Path = "default", device: str = "cpu", samples: int = 40,
             workload: Workload | None = None, out: str | Path | None = None, seed: int = 0,
-            devices_file: str | Path | None = None, reference_every: int = REFERENCE_EVERY,
-            keep_onnx: bool = False, progress: bool = True) -> Path:
+            devices_file: str | Path | None = None, keep_onnx: bool = False, progress: bool = True) -> Path:
     """Profile `samples` architectures of `model` on `device`; rerunning resumes."""
     if samples < 1:
         raise LatpruneError(f"--samples must be at least 1; got {samples}")
@@ -148,20 +179,23 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
                disable=not progress)
     try:
         if todo:
-            prof.reference(bar)
-        for i, arch in enumerate(todo):
+            ref = prof.reference()  # fixes the baseline, or records this session's drift from it
+            if ref["drift_flag"]:
+                bar.write(f"latprune: warning: the reference runs {ref['drift'] - 1:+.0%} off the profile's baseline; "
+                          "samples timed in this state are flagged (machine busy or throttling?)")
+        for arch in todo:
             row = prof.measure(arch, "sample")
             writer.append(row)
             bar.update(1)
-            if row["status"] == "ok":
-                bar.set_postfix_str(f"{arch.describe()}: prefill {row['prefill_ms']:.1f} ms, "
-                                    f"decode {row['decode_ms']:.2f} ms")
-            else:
+            if row["status"] != "ok":
                 bar.write(f"latprune: sample {arch.id} failed: {row['error'].splitlines()[0]}")
-            if (i + 1) % reference_every == 0 and i + 1 < len(todo):
-                prof.reference(bar)
+                continue
+            bar.set_postfix_str(f"{arch.describe()}: prefill {row['prefill_ms']:.1f} ms, "
+                                f"decode {row['decode_ms']:.2f} ms, drift {row['drift'] - 1:+.0%}")
+            if row["drift_flag"]:
+                bar.write(f"latprune: warning: the reference drifted {row['drift'] - 1:+.0%} from the baseline "
+                          f"while timing {arch.id}; the sample is flagged (machine busy or throttling?)")
     finally:
         bar.close()
-        if not keep_onnx:
-            shutil.rmtree(prof.onnx_root / f"{prof.space.largest().id}-{dev.dtype}", ignore_errors=True)
+        prof.close()
     return out

@@ -2,15 +2,24 @@
 
 prefill: the prompt in one forward with an empty KV cache. decode: one new token with the
 cache filled to the prompt length; the same step is repeated, so every repeat sees the
-same context length. Warm-ups first, then repeats until both `min_repeats` and
-`min_time_s` are reached (capped at `max_repeats`). CPU: fixed intra-op threads, one
-inter-op thread, no spinning. CUDA/TensorRT: IO binding with device-resident inputs and
-outputs, synchronised inside the timed region.
+same context length. CPU: fixed intra-op threads, one inter-op thread, no spinning.
+CUDA/TensorRT: IO binding with device-resident inputs and outputs, synchronised inside
+the timed region.
+
+Paired timing. A shared machine drifts (the same model runs 30-50% slower half an hour
+later) and has bursts of load, so a sample is timed in `bursts` short bursts interleaved
+with a reference model (S R R S S R ...). Each burst pair gives a ratio sample/reference;
+the median ratio cancels drift that is slow compared with a burst. The caller turns it
+into milliseconds at a fixed scale (ratio x the reference's latency when the profile was
+calibrated); the raw statistics are kept beside it.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,20 +30,28 @@ from latprune.workload import Workload
 
 from .devices import Device
 
+Step = Callable[[], object]
+STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
+
 
 @dataclass(frozen=True)
-class Stats:
+class Timing:
+    """Raw statistics of one metric, plus the paired ratio to the reference when there is one."""
+
     median_ms: float
     p10_ms: float
     p90_ms: float
     iqr_ms: float
     repeats: int
+    ratio: float = 1.0  # median over bursts of median(sample) / median(reference)
+    ratio_spread: float = 0.0  # (max - min) / median of the per-burst ratios
+    reference_ms: float = float("nan")  # the reference's median during these bursts
 
     @classmethod
-    def of(cls, seconds: list[float]) -> Stats:
+    def of(cls, seconds: list[float], **paired: float) -> Timing:
         ms = np.asarray(seconds) * 1e3
         q10, q25, q50, q75, q90 = np.percentile(ms, [10, 25, 50, 75, 90])
-        return cls(float(q50), float(q10), float(q90), float(q75 - q25), len(ms))
+        return cls(float(q50), float(q10), float(q90), float(q75 - q25), len(ms), **paired)
 
 
 def make_session(onnx_path: str | Path, device: Device):
@@ -83,7 +100,7 @@ class _Runner:
                     feeds[name] = np.zeros((batch, heads, past, head_dim), dtype=self.float_type)
         return {k: v for k, v in feeds.items() if k in inputs}
 
-    def timer(self, feeds: dict):
+    def timer(self, feeds: dict) -> Step:
         """A zero-argument callable that runs one step and returns only when it is done."""
         if not self.device.io_binding:
             return lambda: self.session.run(None, feeds)
@@ -107,27 +124,58 @@ class _Runner:
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
 
-def _repeat(step, device: Device) -> Stats:
-    for _ in range(device.warmup):
-        step()
+class TimedModel:
+    """An exported model with a session and ready-to-run prefill and decode steps."""
+
+    def __init__(self, onnx_path: str | Path, device: Device, workload: Workload, seed: int = 0):
+        self.session = make_session(onnx_path, device)
+        runner = _Runner(self.session, device)
+        rng = np.random.default_rng(seed)
+        prefill = runner.feeds(workload.batch, workload.prompt, 0, rng)
+        cache = runner.run(prefill)
+        decode = runner.feeds(workload.batch, 1, workload.prompt, rng, cache)
+        self.steps: dict[str, Step] = {"prefill_ms": runner.timer(prefill), "decode_ms": runner.timer(decode)}
+
+
+def _burst(step: Step, device: Device) -> list[float]:
+    """Seconds of one burst: at least its share of `min_repeats` and of `min_time_s`."""
+    repeats = max(1, math.ceil(device.min_repeats / device.bursts))
+    cap = max(repeats, device.max_repeats // device.bursts)
+    min_time = device.min_time_s / device.bursts
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < device.max_repeats and (
-        len(times) < device.min_repeats or time.perf_counter() - start < device.min_time_s
-    ):
+    while len(times) < cap and (len(times) < repeats or time.perf_counter() - start < min_time):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return Stats.of(times)
+    return times
 
 
-def time_model(onnx_path: str | Path, device: Device, workload: Workload, seed: int = 0) -> dict[str, Stats]:
-    """Measured prefill and decode statistics of an exported model."""
-    session = make_session(onnx_path, device)
-    runner = _Runner(session, device)
-    rng = np.random.default_rng(seed)
-    prefill_feeds = runner.feeds(workload.batch, workload.prompt, 0, rng)
-    prefill = _repeat(runner.timer(prefill_feeds), device)
-    cache = runner.run(prefill_feeds)
-    decode = _repeat(runner.timer(runner.feeds(workload.batch, 1, workload.prompt, rng, cache)), device)
-    return {"prefill_ms": prefill, "decode_ms": decode}
+def time_steps(model: TimedModel, device: Device, reference: TimedModel | None = None) -> dict[str, Timing]:
+    """Per metric: raw statistics of `model`, and with a `reference`, the paired ratio."""
+    out = {}
+    for metric, step in model.steps.items():
+        ref = reference.steps[metric] if reference is not None else None
+        for _ in range(device.warmup):
+            step()
+            ref and ref()
+        own: list[float] = []
+        ratios: list[float] = []
+        ref_medians: list[float] = []
+        for b in range(device.bursts):
+            if ref is None:
+                own += _burst(step, device)
+                continue
+            first, second = (step, ref) if b % 2 == 0 else (ref, step)  # S R, R S, ...: no order bias
+            a, c = _burst(first, device), _burst(second, device)
+            mine, theirs = (a, c) if b % 2 == 0 else (c, a)
+            own += mine
+            ratios.append(statistics.median(mine) / statistics.median(theirs))
+            ref_medians.append(statistics.median(theirs) * 1e3)
+        paired = {}
+        if ratios:
+            ratio = statistics.median(ratios)
+            paired = {"ratio": ratio, "ratio_spread": (max(ratios) - min(ratios)) / ratio,
+                      "reference_ms": statistics.median(ref_medians)}
+        out[metric] = Timing.of(own, **paired)
+    return out

@@ -21,7 +21,8 @@ DEFAULT_FRACTION = 0.6
 
 
 def parent_measured(profile_path: Path, model_hash: str, metric: str) -> float:
-    """Median measured `metric` of the parent (the profile's reference timings)."""
+    """The parent's measured `metric` at the profile's scale (its first reference timing,
+    which paired timings of every sample are relative to)."""
     rows = read_profile(profile_path)
     ref = rows[(rows.role == "reference") & (rows.status == "ok") & (rows.model_hash == model_hash)]
     if ref.empty:

@@ -95,6 +95,18 @@ def speedup_table(summary: dict, cands: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _measurement_note(summary: dict) -> list[str]:
+    """How measured figures were taken, and how far the machine had drifted (summary v2)."""
+    p, w, m = summary["parent"], summary["winner"], summary["metric"]
+    if "drift" not in p or m not in p["drift"]:
+        return []
+    return ["", f"Measured figures are drift-corrected: each finalist is timed in bursts interleaved with the parent, "
+                f"and its latency is its median ratio to the parent x the parent's {m} when the profile was "
+                f"calibrated ({p['measured'][m]:.2f} ms). During verification the parent ran "
+                f"{p['measured_raw'][m]:.2f} ms ({p['drift'][m] - 1:+.0%}), and the winner "
+                f"{w['measured_raw'][m]:.2f} ms, raw."]
+
+
 def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
                  out: str | Path | None = None) -> tuple[Path, Path]:
     """Write report.md, report.html and PNGs into `run_dir` (or next to `out`)."""
@@ -129,6 +141,7 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         "## Speedup: parent vs finalists",
         "",
         speedup_table(summary, cands),
+        *_measurement_note(summary),
         "",
         "## Predicted vs measured latency",
         "",

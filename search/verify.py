@@ -1,7 +1,9 @@
-"""Verification: time the finalists on the device with the profiling harness, interleaved
-with the parent over several rounds (P A B C P A B C ...), and keep each architecture's
-median over the rounds, so measured speedups are ratios taken in one run and robust to a
-passing burst of load. Exports are made once and reused across rounds."""
+"""Verification: time the finalists on the device with the profiling harness, each paired
+with the parent (interleaved bursts, see `profiling.timing`), over several rounds, and keep
+each finalist's median. A finalist's measured latency is on the profile's scale (its
+ratio to the parent x the parent's latency when the profile was calibrated), so measured
+speedups are ratios taken side by side and robust to the machine drifting since then;
+the raw timings and the parent's drift are kept beside them."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from latprune.errors import LatpruneError
 from latprune.profiling.dataset import ProfileWriter
 from latprune.profiling.devices import Device
 from latprune.profiling.run import Profiler
-from latprune.workload import METRICS as TIMED
+from latprune.profiling.timing import STEPS
 from latprune.workload import Workload
 
 ROUNDS = 3
@@ -22,16 +24,15 @@ ROUNDS = 3
 
 def measure_all(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path,
                 progress=None, rounds: int = ROUNDS) -> tuple[dict[str, dict], dict]:
-    """Per finalist id, its first measured row with each metric replaced by the median over
-    `rounds`; and the same for the parent (with its individual timings under
-    'parent_timings'). Every timing is also appended to `record` with role 'verify'."""
+    """Per finalist id, its first measured row with each metric (and its raw figure and
+    ratio) replaced by the median over `rounds`; and the parent's figures: `measured` on the
+    profile's scale (its baseline), `raw` now, and `drift`. Every timing is appended to
+    `record` (the profile, whose first reference row is the baseline) with role 'verify'."""
     profiler = Profiler(config, device, workload, ProfileWriter(record), keep_onnx=True)
-    parent = profiler.space.largest()
-    order = [parent, *archs]
-    timings: dict[str, list[dict]] = {a.id: [] for a in order}
+    timings: dict[str, list[dict]] = {a.id: [] for a in archs}
     try:
         for _ in range(rounds):
-            for arch in order:
+            for arch in archs:
                 row = profiler.measure(arch, "verify")
                 if row["status"] != "ok":
                     raise LatpruneError(f"verification of {arch.describe()} failed: {row['error']}")
@@ -39,12 +40,24 @@ def measure_all(config, device: Device, workload: Workload, archs: list[Architec
                 timings[arch.id].append(row)
                 progress and progress(row)
     finally:
-        for arch in order:
-            shutil.rmtree(profiler.onnx_root / f"{arch.id}-{device.dtype}", ignore_errors=True)
+        for arch in archs:
+            shutil.rmtree(profiler.folder(arch), ignore_errors=True)
+        profiler.close()
 
-    def merged(arch: Architecture) -> dict:
+    def median(rows: list[dict], column: str) -> float:
+        return statistics.median(r[column] for r in rows)
+
+    measured = {}
+    for arch in archs:
         rows = timings[arch.id]
-        return {**rows[0], **{m: statistics.median(r[m] for r in rows) for m in TIMED}}
-
-    parent_row = {**merged(parent), "parent_timings": [{m: r[m] for m in TIMED} for r in timings[parent.id]]}
-    return {a.id: merged(a) for a in archs}, parent_row
+        merged = {**rows[0], **{c: median(rows, c) for m in STEPS
+                                for c in (m, m.replace("_ms", "_raw_ms"), m.replace("_ms", "_ratio"))}}
+        merged["e2e_ms"] = workload.e2e_ms(merged["prefill_ms"], merged["decode_ms"])
+        measured[arch.id] = merged
+    every = [r for rows in timings.values() for r in rows]
+    parent = {"measured": dict(profiler.baseline), "raw": {}, "drift": {}}
+    parent["measured"]["e2e_ms"] = workload.e2e_ms(parent["measured"]["prefill_ms"], parent["measured"]["decode_ms"])
+    for m in STEPS:
+        parent["raw"][m] = median(every, m.replace("_ms", "_reference_ms"))
+        parent["drift"][m] = parent["raw"][m] / parent["measured"][m]
+    return measured, parent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from latprune.predictors.predictor import Predictor
 from latprune.profiling.devices import check_available, get_device
 from latprune.profiling.export import export_onnx
 from latprune.profiling.run import default_out
+from latprune.profiling.timing import STEPS
 from latprune.text import calibration_windows, heldout_windows
 from latprune.workload import METRICS, Workload
 
@@ -130,7 +132,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     t_search = time.perf_counter() - t_start
 
     record = profile_record or default_out(dev.name)
-    vbar = tqdm(total=(len(finalists) + 1) * ROUNDS, desc=f"verify on {dev.name}", unit="timing",
+    vbar = tqdm(total=len(finalists) * ROUNDS, desc=f"verify on {dev.name}", unit="timing",
                 disable=not progress)
     try:
         measured, parent_row = measure_all(config, dev, workload, finalists, record, lambda _r: vbar.update(1))
@@ -145,6 +147,12 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         raise LatpruneError(f"no finalist meets {opts.metric} <= {opts.latency_ms:g} ms on {dev.name} ({figures}); "
                             "rerun with a safety margin (e.g. --margin 0.05) or profile more samples and refit")
     winner = passing[0]
+    raw = measured[winner.id].get(opts.metric.replace("_ms", "_raw_ms"))
+    if raw is not None and raw > opts.latency_ms:
+        print(f"latprune: warning: the winner's raw {opts.metric} now is {raw:.2f} ms, over the {opts.latency_ms:g} ms "
+              f"budget: the machine runs {parent_row['drift'][opts.metric] - 1:+.0%} off its speed when profiled; "
+              "the budget is checked on the drift-corrected figure (ratio to the parent x the parent's profiled "
+              "latency)", file=sys.stderr)
     child = ranked.extract(winner)
     held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, 40)
     summary = _summary(ranked, parent_pred, workload, opts, winner, cands, measured[winner.id], parent_row,
@@ -174,26 +182,30 @@ def _summary(ranked, parent_pred: pd.Series, workload, opts, winner, cands: pd.D
     space, m = ranked.space, opts.metric
     win = cands.set_index("arch_id").loc[winner.id]
     summary = {
-        "latprune_summary_version": 1,
+        "latprune_summary_version": 2,
+        "measured_means": "ratio to the parent, timed side by side, x the parent's latency when profiled "
+                          "(drift-corrected); raw figures are under measured_raw",
         "device": device, "metric": m, "budget_ms": opts.latency_ms, "margin": opts.margin,
         "workload": workload.to_dict(), "strategy": opts.strategy,
         "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
         "evaluations": len(cands),
-        "device_measurements": (len(measured_ids := cands[cands.finalist].arch_id) + 1) * ROUNDS,
+        "device_measurements": len(measured_ids := cands[cands.finalist].arch_id) * ROUNDS,
         "verification_rounds": ROUNDS,
         "search_seconds": round(search_s, 1),
         "eval": {"heldout_windows": int(held.shape[0]), "window": WINDOW, "search_windows": SEARCH_WINDOWS},
         "parent": {"architecture": space.largest().to_dict(), "parameters": space.num_params(space.largest()),
                    "heldout_perplexity": ppl_parent,
                    "predicted": {k: float(parent_pred[k]) for k in METRICS},
-                   "measured": {k: float(parent_row[k]) for k in METRICS},
-                   "measured_timings": parent_row["parent_timings"]},
+                   "measured": {k: float(v) for k, v in parent_row["measured"].items()},
+                   "measured_raw": {k: float(v) for k, v in parent_row["raw"].items()},
+                   "drift": {k: float(v) for k, v in parent_row["drift"].items()}},
         "winner": {"architecture": winner.to_dict(), "architecture_id": winner.id, "describe": winner.describe(),
                    "parameters": space.num_params(winner), "heldout_perplexity": ppl_child,
                    "calibration_perplexity": float(win.perplexity),
                    "predicted": {k: float(win[f"pred_{k}"]) for k in METRICS},
                    "predicted_upper": {k: float(win[f"pred_{k}_upper"]) for k in ("prefill_ms", "decode_ms")},
-                   "measured": {k: float(measured[k]) for k in METRICS}},
+                   "measured": {k: float(measured[k]) for k in METRICS},
+                   "measured_raw": {k: float(measured[k.replace("_ms", "_raw_ms")]) for k in STEPS}},
         "finalists": list(measured_ids),
     }
     pp, pm = summary["parent"], summary["winner"]

@@ -1,5 +1,6 @@
 """Profiling: devices, sampling, ONNX fidelity, the resumable dataset."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -114,8 +115,13 @@ def test_failed_sample_is_recorded_and_the_run_goes_on(tiny_dir, tmp_path, monke
     ok = samples[samples.status == "ok"]
     for column in ("prefill_ms", "prefill_p10_ms", "prefill_p90_ms", "decode_ms", "decode_iqr_ms", "e2e_ms",
                    "decode_repeats", "host_json", "versions_json", "cpu_model", "arch_json", "params", "exporter",
-                   "device_json", "timestamp", "drift"):
+                   "device_json", "timestamp", "drift", "prefill_raw_ms", "decode_ratio", "decode_reference_ms",
+                   "prefill_baseline_ms", "decode_ratio_spread"):
         assert column in rows and ok[column].notna().all()
+    for name in ("prefill", "decode"):  # the recorded latency is the paired ratio at the baseline's scale
+        assert (ok[f"{name}_ms"] - ok[f"{name}_ratio"] * ok[f"{name}_baseline_ms"]).abs().max() < 1e-9
+        reference = rows[rows.role == "reference"].iloc[0]
+        assert (ok[f"{name}_baseline_ms"] == reference[f"{name}_raw_ms"]).all()
     assert (ok.e2e_ms - (ok.prefill_ms + 4 * ok.decode_ms)).abs().max() < 1e-9
     assert (rows.role == "reference").sum() == 1
 
@@ -142,3 +148,28 @@ def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_pa
     assert len(samples) == 5 and samples.arch_id.is_unique
     kept = samples.set_index("arch_id").loc[finished.arch_id]
     assert list(kept.timestamp) == list(finished.timestamp)  # finished rows untouched
+
+
+class _Sleeper:
+    """A stand-in for a timed model whose steps take `ms` x the machine's current slowness."""
+
+    def __init__(self, ms: float, clock: dict):
+        self.steps = {"prefill_ms": self.step, "decode_ms": self.step}
+        self.ms, self.clock = ms, clock
+
+    def step(self) -> None:
+        self.clock["calls"] += 1
+        time.sleep(self.ms * (1 + self.clock["calls"] / 60) / 1e3)  # the machine slows down steadily
+
+
+def test_paired_timing_cancels_drift_that_raw_timing_suffers():
+    from latprune.profiling.timing import time_steps
+
+    device = dataclasses.replace(get_device("cpu"), warmup=1, min_repeats=10, min_time_s=0.0, bursts=5)
+    clock = {"calls": 0}
+    timings = time_steps(_Sleeper(2.0, clock), device, _Sleeper(4.0, clock))
+    for t in timings.values():
+        assert t.ratio == pytest.approx(0.5, rel=0.08)
+        assert t.repeats == 10 and t.reference_ms > 4.0
+    # the raw medians moved with the drift: decode (timed second) ran much slower than prefill
+    assert timings["decode_ms"].median_ms > 1.3 * timings["prefill_ms"].median_ms
