@@ -35,7 +35,7 @@ class Device:
     min_repeats: int = 10
     min_time_s: float = 1.0
     max_repeats: int = 200
-    bursts: int = 5  # timings are split into this many bursts, interleaved with the reference
+    bursts: int = 9  # timings are split into this many bursts, interleaved with the reference
     io_binding: bool = False
     description: str = ""
 
