@@ -83,6 +83,11 @@ def _device_from_toml(name: str, data: dict[str, Any], source: Path) -> Device:
                             'e.g. ["CPUExecutionProvider"]')
     if data.get("dtype", "fp32") not in ("fp32", "fp16"):
         raise LatpruneError(f"devices file {source}: device '{name}' dtype must be fp32 or fp16")
+    for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1)):
+        if key in data and (not isinstance(data[key], int) or data[key] < lowest):
+            raise LatpruneError(f"devices file {source}: device '{name}' {key} must be an integer >= {lowest}")
+    if "min_time_s" in data and not (isinstance(data["min_time_s"], int | float) and data["min_time_s"] >= 0):
+        raise LatpruneError(f"devices file {source}: device '{name}' min_time_s must be a number >= 0")
     try:
         return Device(name=name, **{**data, "providers": tuple(data["providers"])})
     except TypeError as exc:

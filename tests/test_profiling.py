@@ -50,6 +50,9 @@ def test_unknown_device_and_bad_devices_files(tmp_path):
     bad.write_text('[devices.x]\nproviders = ["CPUExecutionProvider"]\nthreds = 2\n')
     with pytest.raises(LatpruneError, match=r"unknown keys \['threds'\]"):
         load_devices(bad)
+    bad.write_text('[devices.x]\nproviders = ["CPUExecutionProvider"]\nbursts = 0\n')
+    with pytest.raises(LatpruneError, match="device 'x' bursts must be an integer >= 1"):
+        load_devices(bad)
     with pytest.raises(LatpruneError, match="does not exist"):
         load_devices(tmp_path / "missing.toml")
 

@@ -21,9 +21,11 @@ def fake_run(folder):
         "evaluations": 4, "device_measurements": 5, "workload": {"batch": 1, "prompt": 128, "generate": 32},
         "eval": {"heldout_windows": 40, "window": 128},
         "parent": {"parameters": 100, "heldout_perplexity": 20.0, "predicted": {"decode_ms": 15.0, "prefill_ms": 100.0},
-                   "measured": {"decode_ms": 15.5, "prefill_ms": 98.0}},
+                   "measured": {"decode_ms": 15.5, "prefill_ms": 98.0},
+                   "measured_raw": {"decode_ms": 17.05, "prefill_ms": 101.0}, "drift": {"decode_ms": 1.1}},
         "winner": {"architecture_id": "a", "describe": "A", "parameters": 60, "heldout_perplexity": 31.0,
-                   "calibration_perplexity": 30.0, "predicted": {"decode_ms": 9.0}, "measured": {"decode_ms": 9.3}},
+                   "calibration_perplexity": 30.0, "predicted": {"decode_ms": 9.0}, "measured": {"decode_ms": 9.3},
+                   "measured_raw": {"decode_ms": 10.2}},
         "speedup": {"decode_ms": {"predicted": 15 / 9, "measured": 15.5 / 9.3}},
     }
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -34,7 +36,7 @@ def test_report_has_plots_tables_and_a_standalone_html(tmp_path):
     md, html = build_report(fake_run(tmp_path / "run"))
     text = md.read_text()
     for needle in ("predicted_vs_measured.png", "pareto.png", "| A (winner) | 30.00 | 9.00 ms | 9.30 ms | 1.67x |",
-                   "measured **1.67x**"):
+                   "measured **1.67x**", "the parent ran 17.05 ms (+10%), and the winner 10.20 ms, raw"):
         assert needle in text
     page = html.read_text()
     assert page.count("data:image/png;base64,") >= 2 and "<table>" in page and "src=\"pareto.png\"" not in page
