@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from latprune.models import load_tokenizer
+from latprune.profiling.dataset import read_profile
 
 pytestmark = pytest.mark.real_model  # needs the default model's tokenizer
 
@@ -30,6 +31,13 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
                  "model/latprune.json", "pareto.png", "predicted_vs_measured.png"):
         assert (out / name).is_file(), name
     assert summary["winner"]["measured"]["decode_ms"] <= summary["budget_ms"]
+    parent, winner = summary["parent"], summary["winner"]
+    # measured figures are on the profile's scale: the parent's is the profile's first reference timing
+    baseline = read_profile(tmp_path / "profiles" / "cpu.parquet").query("role == 'reference'").iloc[0]
+    assert parent["measured"]["decode_ms"] == baseline["decode_raw_ms"]
+    assert parent["drift"]["decode_ms"] == pytest.approx(
+        parent["measured_raw"]["decode_ms"] / parent["measured"]["decode_ms"])
+    assert winner["measured_raw"]["decode_ms"] > 0
     assert json.loads((out / "summary.json").read_text())["winner"]["architecture_id"] == \
         summary["winner"]["architecture_id"]
     assert AutoModelForCausalLM.from_pretrained(out / "model").config.num_hidden_layers == \
