@@ -36,6 +36,8 @@ class Device:
     min_time_s: float = 1.0
     max_repeats: int = 200
     bursts: int = 9  # timings are split into this many bursts, interleaved with the reference
+    max_bursts: int = 27  # ... and extended up to this many while the ratio's 95% interval is
+    ratio_tolerance: float = 0.02  # wider than this (relative half-width)
     io_binding: bool = False
     description: str = ""
 
@@ -83,11 +85,13 @@ def _device_from_toml(name: str, data: dict[str, Any], source: Path) -> Device:
                             'e.g. ["CPUExecutionProvider"]')
     if data.get("dtype", "fp32") not in ("fp32", "fp16"):
         raise LatpruneError(f"devices file {source}: device '{name}' dtype must be fp32 or fp16")
-    for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1)):
+    for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1),
+                        ("max_bursts", 1)):
         if key in data and (not isinstance(data[key], int) or data[key] < lowest):
             raise LatpruneError(f"devices file {source}: device '{name}' {key} must be an integer >= {lowest}")
-    if "min_time_s" in data and not (isinstance(data["min_time_s"], int | float) and data["min_time_s"] >= 0):
-        raise LatpruneError(f"devices file {source}: device '{name}' min_time_s must be a number >= 0")
+    for key in ("min_time_s", "ratio_tolerance"):
+        if key in data and not (isinstance(data[key], int | float) and data[key] >= 0):
+            raise LatpruneError(f"devices file {source}: device '{name}' {key} must be a number >= 0")
     try:
         return Device(name=name, **{**data, "providers": tuple(data["providers"])})
     except TypeError as exc:

@@ -110,6 +110,7 @@ class Profiler:
                             f"{name}_raw_ms": t.median_ms, f"{name}_p10_ms": t.p10_ms, f"{name}_p90_ms": t.p90_ms,
                             f"{name}_iqr_ms": t.iqr_ms, f"{name}_repeats": t.repeats,
                             f"{name}_ratio": t.ratio if paired else 1.0, f"{name}_ratio_spread": t.ratio_spread,
+                            f"{name}_ratio_ci": t.ratio_ci, f"{name}_bursts": t.bursts,
                             f"{name}_reference_ms": now_ms, f"{name}_baseline_ms": self.baseline[metric]})
             drift = max(drifts, key=lambda r: abs(r - 1))
             row.update(e2e_ms=self.workload.e2e_ms(row["prefill_ms"], row["decode_ms"]), drift=drift,

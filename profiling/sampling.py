@@ -1,8 +1,10 @@
 """Space-filling samples of a search space for profiling.
 
-Targets are evenly spaced in parameter count between the smallest and largest
-sub-network (both always included); each target takes the nearest unused architecture
-from a large seeded pool of uniform samples. The final order is shuffled (seeded) so
+Targets are evenly spaced in the square root of the parameter count between the smallest
+and largest sub-network (both always included), which puts more samples among small
+sub-networks, whose latencies are short and hardest to predict within a relative error;
+each target takes the nearest unused architecture from a large seeded pool of uniform
+samples. The final order is shuffled (seeded) so
 that machine drift does not correlate with size.
 """
 
@@ -15,7 +17,7 @@ from latprune.space import SearchSpace
 
 
 def profile_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 60) -> list[Architecture]:
-    """`n` distinct uniform architectures stratified by parameter count, shuffled."""
+    """`n` distinct uniform architectures stratified by sqrt(parameter count), shuffled."""
     rng = np.random.default_rng(seed)
     largest, smallest = space.largest(), space.smallest()
     if n <= 2:
@@ -27,7 +29,7 @@ def profile_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 6
     params = np.array([space.num_params(a) for a in candidates], dtype=float)
     chosen = [largest, smallest]
     used = np.zeros(len(candidates), dtype=bool)
-    for target in np.linspace(space.num_params(smallest), space.num_params(largest), n)[1:-1]:
+    for target in np.linspace(space.num_params(smallest) ** 0.5, space.num_params(largest) ** 0.5, n)[1:-1] ** 2:
         dist = np.where(used, np.inf, np.abs(params - target))
         if not np.isfinite(dist).any():
             break

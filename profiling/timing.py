@@ -8,8 +8,9 @@ the timed region.
 
 Paired timing. A shared machine drifts (the same model runs 30-50% slower half an hour
 later) and has bursts of load, so a sample is timed in `bursts` short bursts interleaved
-with a reference model (S R R S S R ...). Each burst pair gives a ratio sample/reference;
-the median ratio cancels drift that is slow compared with a burst. The caller turns it
+with a reference model (S R R S S R ...), and more bursts while the ratio is uncertain.
+Each burst pair gives a ratio sample/reference; the median ratio cancels drift that is
+slow compared with a burst. The caller turns it
 into milliseconds at a fixed scale (ratio x the reference's latency when the profile was
 calibrated); the raw statistics are kept beside it.
 """
@@ -46,9 +47,11 @@ class Timing:
     ratio: float = 1.0  # median over bursts of median(sample) / median(reference)
     ratio_spread: float = 0.0  # (max - min) / median of the per-burst ratios
     reference_ms: float = float("nan")  # the reference's median during these bursts
+    ratio_ci: float = float("nan")  # relative half-width of the ~95% interval of the ratio
+    bursts: int = 0
 
     @classmethod
-    def of(cls, seconds: list[float], **paired: float) -> Timing:
+    def of(cls, seconds: list[float], **paired: float | int) -> Timing:
         ms = np.asarray(seconds) * 1e3
         q10, q25, q50, q75, q90 = np.percentile(ms, [10, 25, 50, 75, 90])
         return cls(float(q50), float(q10), float(q90), float(q75 - q25), len(ms), **paired)
@@ -151,8 +154,21 @@ def _burst(step: Step, device: Device) -> list[float]:
     return times
 
 
+def _ratio_ci(ratios: list[float]) -> float:
+    """Relative half-width of an approximate 95% confidence interval of the median ratio
+    (normal approximation with a MAD-based scale; infinite below 3 bursts)."""
+    if len(ratios) < 3:
+        return math.inf
+    med = statistics.median(ratios)
+    mad = statistics.median(abs(r - med) for r in ratios) * 1.4826
+    return 1.96 * 1.2533 * mad / math.sqrt(len(ratios)) / med
+
+
 def time_steps(model: TimedModel, device: Device, reference: TimedModel | None = None) -> dict[str, Timing]:
-    """Per metric: raw statistics of `model`, and with a `reference`, the paired ratio."""
+    """Per metric: raw statistics of `model`, and with a `reference`, the paired ratio.
+    Paired timing runs `device.bursts` bursts, then adds pairs of bursts while the
+    confidence interval of the median ratio is wider than `device.ratio_tolerance`, up to
+    `device.max_bursts` (noisy small models get more; steady ones stop early)."""
     out = {}
     for metric, step in model.steps.items():
         ref = reference.steps[metric] if reference is not None else None
@@ -162,9 +178,19 @@ def time_steps(model: TimedModel, device: Device, reference: TimedModel | None =
         own: list[float] = []
         ratios: list[float] = []
         ref_medians: list[float] = []
-        for b in range(device.bursts):
+        b = 0
+
+        def more() -> bool:
+            if b < device.bursts:
+                return True
+            if ref is None or b >= device.max_bursts:
+                return False
+            return (b - device.bursts) % 2 == 1 or _ratio_ci(ratios) > device.ratio_tolerance  # whole pairs
+
+        while more():
             if ref is None:
                 own += _burst(step, device)
+                b += 1
                 continue
             first, second = (step, ref) if b % 2 == 0 else (ref, step)  # S R, R S, ...: no order bias
             a, c = _burst(first, device), _burst(second, device)
@@ -172,10 +198,11 @@ def time_steps(model: TimedModel, device: Device, reference: TimedModel | None =
             own += mine
             ratios.append(statistics.median(mine) / statistics.median(theirs))
             ref_medians.append(statistics.median(theirs) * 1e3)
-        paired = {}
+            b += 1
+        paired = {"bursts": b}
         if ratios:
             ratio = statistics.median(ratios)
-            paired = {"ratio": ratio, "ratio_spread": (max(ratios) - min(ratios)) / ratio,
-                      "reference_ms": statistics.median(ref_medians)}
+            paired.update(ratio=ratio, ratio_spread=(max(ratios) - min(ratios)) / ratio,
+                          reference_ms=statistics.median(ref_medians), ratio_ci=_ratio_ci(ratios))
         out[metric] = Timing.of(own, **paired)
     return out

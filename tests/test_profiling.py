@@ -168,11 +168,29 @@ class _Sleeper:
 def test_paired_timing_cancels_drift_that_raw_timing_suffers():
     from latprune.profiling.timing import time_steps
 
-    device = dataclasses.replace(get_device("cpu"), warmup=1, min_repeats=10, min_time_s=0.0, bursts=5)
+    device = dataclasses.replace(get_device("cpu"), warmup=1, min_repeats=10, min_time_s=0.0, bursts=5,
+                                 ratio_tolerance=1.0)
     clock = {"calls": 0}
     timings = time_steps(_Sleeper(2.0, clock), device, _Sleeper(4.0, clock))
     for t in timings.values():
         assert t.ratio == pytest.approx(0.5, rel=0.08)
-        assert t.repeats == 10 and t.reference_ms > 4.0
+        assert t.repeats == 10 and t.bursts == 5 and t.reference_ms > 4.0
     # the raw medians moved with the drift: decode (timed second) ran much slower than prefill
     assert timings["decode_ms"].median_ms > 1.3 * timings["prefill_ms"].median_ms
+
+
+def test_paired_timing_adds_bursts_while_the_ratio_is_uncertain():
+    from latprune.profiling.timing import time_steps
+
+    class Jittery(_Sleeper):
+        def step(self) -> None:
+            self.clock["calls"] += 1
+            time.sleep(self.ms * (1.0 if self.clock["calls"] % 3 else 1.6) / 1e3)  # every third step is slow
+
+    device = dataclasses.replace(get_device("cpu"), warmup=0, min_repeats=2, min_time_s=0.0, bursts=3,
+                                 max_bursts=11, ratio_tolerance=0.001)
+    timings = time_steps(Jittery(1.0, {"calls": 0}), device, _Sleeper(1.0, {"calls": 0}))
+    assert all(t.bursts == 11 for t in timings.values())  # never certain enough: stops at the cap
+    steady = dataclasses.replace(device, ratio_tolerance=10.0)
+    assert all(t.bursts == 3 for t in time_steps(_Sleeper(1.0, {"calls": 0}), steady,
+                                                 _Sleeper(1.0, {"calls": 0})).values())
