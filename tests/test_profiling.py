@@ -154,7 +154,8 @@ def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_pa
 
 
 class _Sleeper:
-    """A stand-in for a timed model whose steps take `ms` x the machine's current slowness."""
+    """A stand-in for a timed model whose steps take `ms` x the machine's current slowness:
+    1x for the first 22 steps of the pair (all of prefill's), then 2x."""
 
     def __init__(self, ms: float, clock: dict):
         self.steps = {"prefill_ms": self.step, "decode_ms": self.step}
@@ -162,7 +163,7 @@ class _Sleeper:
 
     def step(self) -> None:
         self.clock["calls"] += 1
-        time.sleep(self.ms * (1 + self.clock["calls"] / 60) / 1e3)  # the machine slows down steadily
+        time.sleep(self.ms * (1 if self.clock["calls"] <= 22 else 2) / 1e3)  # the machine halves its speed
 
 
 def test_paired_timing_cancels_drift_that_raw_timing_suffers():
@@ -175,17 +176,18 @@ def test_paired_timing_cancels_drift_that_raw_timing_suffers():
     for t in timings.values():
         assert t.ratio == pytest.approx(0.5, rel=0.08)
         assert t.repeats == 10 and t.bursts == 5 and t.reference_ms > 4.0
-    # the raw medians moved with the drift: decode (timed second) ran much slower than prefill
-    assert timings["decode_ms"].median_ms > 1.3 * timings["prefill_ms"].median_ms
+    # the raw medians moved with the drift: decode (timed second) ran twice as slow as prefill
+    assert timings["decode_ms"].median_ms > 1.6 * timings["prefill_ms"].median_ms
 
 
 def test_paired_timing_adds_bursts_while_the_ratio_is_uncertain():
     from latprune.profiling.timing import time_steps
 
     class Jittery(_Sleeper):
+        rng = np.random.default_rng(0)
+
         def step(self) -> None:
-            self.clock["calls"] += 1
-            time.sleep(self.ms * (1.0 if self.clock["calls"] % 3 else 1.6) / 1e3)  # every third step is slow
+            time.sleep(self.ms * self.rng.uniform(1, 2) / 1e3)  # each step 1-2x slower, at random
 
     device = dataclasses.replace(get_device("cpu"), warmup=0, min_repeats=2, min_time_s=0.0, bursts=3,
                                  max_bursts=11, ratio_tolerance=0.001)
