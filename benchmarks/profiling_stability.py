@@ -55,9 +55,9 @@ def main() -> None:
                     first_round.append(row)
                 print(r, a.describe(), round(row["prefill_ms"], 2), round(row["decode_ms"], 3),
                       f"drift {row['drift']:.3f}", flush=True)
-        for a in archs:
-            shutil.rmtree(prof.folder(a), ignore_errors=True)
         prof.close()
+        for a in [*archs, prof.space.largest()]:
+            shutil.rmtree(prof.folder(a), ignore_errors=True)
 
     policy = {k: getattr(device, k) for k in ("warmup", "bursts", "min_repeats", "min_time_s", "max_repeats")}
     lines = [f"Device `{args.device}` ({device.intra_threads} threads; timing {policy}), "

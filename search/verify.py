@@ -40,9 +40,9 @@ def measure_all(config, device: Device, workload: Workload, archs: list[Architec
                 timings[arch.id].append(row)
                 progress and progress(row)
     finally:
-        for arch in archs:
-            shutil.rmtree(profiler.folder(arch), ignore_errors=True)
         profiler.close()
+        for arch in [*archs, profiler.space.largest()]:  # graphs were kept across rounds; none are kept after
+            shutil.rmtree(profiler.folder(arch), ignore_errors=True)
 
     def median(rows: list[dict], column: str) -> float:
         return statistics.median(r[column] for r in rows)
