@@ -164,6 +164,33 @@ def _ratio_ci(ratios: list[float]) -> float:
     return 1.96 * 1.2533 * mad / math.sqrt(len(ratios)) / med
 
 
+def _wants_more(ratios: list[float], device: Device) -> bool:
+    """The first `bursts` always; then whole pairs while the ratio is uncertain, up to the cap."""
+    b = len(ratios)
+    if b < device.bursts:
+        return True
+    if b >= device.max_bursts:
+        return False
+    return (b - device.bursts) % 2 == 1 or _ratio_ci(ratios) > device.ratio_tolerance
+
+
+def _time_paired(step: Step, ref: Step, device: Device) -> Timing:
+    own: list[float] = []
+    ratios: list[float] = []
+    ref_medians: list[float] = []
+    while _wants_more(ratios, device):
+        sample_first = len(ratios) % 2 == 0  # S R, R S, ...: no order bias
+        a = _burst(step if sample_first else ref, device)
+        c = _burst(ref if sample_first else step, device)
+        mine, theirs = (a, c) if sample_first else (c, a)
+        own += mine
+        ratios.append(statistics.median(mine) / statistics.median(theirs))
+        ref_medians.append(statistics.median(theirs) * 1e3)
+    ratio = statistics.median(ratios)
+    return Timing.of(own, ratio=ratio, ratio_spread=(max(ratios) - min(ratios)) / ratio,
+                     reference_ms=statistics.median(ref_medians), ratio_ci=_ratio_ci(ratios), bursts=len(ratios))
+
+
 def time_steps(model: TimedModel, device: Device, reference: TimedModel | None = None) -> dict[str, Timing]:
     """Per metric: raw statistics of `model`, and with a `reference`, the paired ratio.
     Paired timing runs `device.bursts` bursts, then adds pairs of bursts while the
@@ -175,34 +202,9 @@ def time_steps(model: TimedModel, device: Device, reference: TimedModel | None =
         for _ in range(device.warmup):
             step()
             ref and ref()
-        own: list[float] = []
-        ratios: list[float] = []
-        ref_medians: list[float] = []
-        b = 0
-
-        def more() -> bool:
-            if b < device.bursts:
-                return True
-            if ref is None or b >= device.max_bursts:
-                return False
-            return (b - device.bursts) % 2 == 1 or _ratio_ci(ratios) > device.ratio_tolerance  # whole pairs
-
-        while more():
-            if ref is None:
-                own += _burst(step, device)
-                b += 1
-                continue
-            first, second = (step, ref) if b % 2 == 0 else (ref, step)  # S R, R S, ...: no order bias
-            a, c = _burst(first, device), _burst(second, device)
-            mine, theirs = (a, c) if b % 2 == 0 else (c, a)
-            own += mine
-            ratios.append(statistics.median(mine) / statistics.median(theirs))
-            ref_medians.append(statistics.median(theirs) * 1e3)
-            b += 1
-        paired = {"bursts": b}
-        if ratios:
-            ratio = statistics.median(ratios)
-            paired.update(ratio=ratio, ratio_spread=(max(ratios) - min(ratios)) / ratio,
-                          reference_ms=statistics.median(ref_medians), ratio_ci=_ratio_ci(ratios))
-        out[metric] = Timing.of(own, **paired)
+        if ref is None:
+            own = [t for _ in range(device.bursts) for t in _burst(step, device)]
+            out[metric] = Timing.of(own, bursts=device.bursts)
+        else:
+            out[metric] = _time_paired(step, ref, device)
     return out
