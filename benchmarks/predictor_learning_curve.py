@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from latprune.predictors.accuracy import accuracy  # noqa: E402
 from latprune.predictors.features import features  # noqa: E402
-from latprune.predictors.predictor import _parent_space, usable_rows  # noqa: E402
+from latprune.predictors.predictor import _parent_space, _split_folds, usable_rows  # noqa: E402
 from latprune.predictors.surrogates import SURROGATES  # noqa: E402
 from latprune.profiling.dataset import read_profile  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
     for metric in ("prefill_ms", "decode_ms"):
         y = rows[metric].to_numpy(float)
         oof = np.empty(len(y))
-        for fold in np.array_split(np.random.default_rng(1).permutation(len(y)), 5):
+        for fold in _split_folds(len(y), 5, np.random.default_rng(1)):
             rest = np.setdiff1d(np.arange(len(y)), fold)
             oof[fold] = SURROGATES["xgboost"](metric).fit(f.iloc[rest], y[rest]).predict_all(f.iloc[fold])
         err = np.abs(oof / y - 1)

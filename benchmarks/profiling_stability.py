@@ -59,7 +59,8 @@ def main() -> None:
         for a in [*archs, prof.space.largest()]:
             shutil.rmtree(prof.folder(a), ignore_errors=True)
 
-    policy = {k: getattr(device, k) for k in ("warmup", "bursts", "min_repeats", "min_time_s", "max_repeats")}
+    policy = {k: getattr(device, k) for k in ("warmup", "bursts", "max_bursts", "ratio_tolerance", "min_repeats",
+                                              "min_time_s", "max_repeats")}
     lines = [f"Device `{args.device}` ({device.intra_threads} threads; timing {policy}), "
              f"workload {Workload().to_dict()}; "
              f"{args.archs} architectures x {args.rounds} rounds, round-robin.", "",

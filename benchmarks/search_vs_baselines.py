@@ -3,7 +3,7 @@
 Budgets are fractions (0.5, 0.7, 0.85) of the parent's *measured* decode_ms (median of the
 reference timings in the profile). Every strategy runs through `latprune search` itself
 (same predictor, same verification): the winner's held-out perplexity and measured latency,
-and the number of on-device timings used ((finalists + parent) x 3 interleaved rounds).
+and the number of on-device timings used (finalists x 3 rounds, each paired with the parent).
 """
 
 from __future__ import annotations

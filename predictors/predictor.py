@@ -53,9 +53,10 @@ def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 
 
 def reference_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per workload: the parent shape with the median of its usable reference
-    timings. The parent is re-timed every few samples while profiling, so this median is
-    the best-known latency of the largest architecture, where tree models extrapolate worst."""
+    """One row per workload: the parent shape at the profile's baseline (every usable
+    reference row records it; the median guards against a mixed file). The baseline is the
+    scale every paired sample is measured on, and the largest architecture is where tree
+    models extrapolate worst."""
     refs = frame[(frame.role == "reference") & (frame.status == "ok") & ~frame.drift_flag.astype(bool)]
     if refs.empty:
         return refs

@@ -95,23 +95,21 @@ class Profiler:
         try:
             path, row["export_s"] = self.onnx_for(arch)
             t0 = time.perf_counter()
-            paired = role != "reference"
-            timings = time_steps(TimedModel(path, self.device, self.workload), self.device,
-                                 self._reference_model() if paired else None)
+            reference = None if role == "reference" else self._reference_model()
+            timings = time_steps(TimedModel(path, self.device, self.workload), self.device, reference)
             row["timing_s"] = time.perf_counter() - t0
             if self.baseline is None:
                 self.baseline = {m: t.median_ms for m, t in timings.items()}
             drifts = []
             for metric, t in timings.items():
                 name = metric.removesuffix("_ms")
-                now_ms = t.reference_ms if paired else t.median_ms
-                drifts.append(now_ms / self.baseline[metric])
-                row.update({f"{name}_ms": t.ratio * self.baseline[metric] if paired else self.baseline[metric],
+                drifts.append(t.reference_ms / self.baseline[metric])
+                row.update({f"{name}_ms": t.ratio * self.baseline[metric],
                             f"{name}_raw_ms": t.median_ms, f"{name}_p10_ms": t.p10_ms, f"{name}_p90_ms": t.p90_ms,
                             f"{name}_iqr_ms": t.iqr_ms, f"{name}_repeats": t.repeats,
-                            f"{name}_ratio": t.ratio if paired else 1.0, f"{name}_ratio_spread": t.ratio_spread,
+                            f"{name}_ratio": t.ratio, f"{name}_ratio_spread": t.ratio_spread,
                             f"{name}_ratio_ci": t.ratio_ci, f"{name}_bursts": t.bursts,
-                            f"{name}_reference_ms": now_ms, f"{name}_baseline_ms": self.baseline[metric]})
+                            f"{name}_reference_ms": t.reference_ms, f"{name}_baseline_ms": self.baseline[metric]})
             drift = max(drifts, key=lambda r: abs(r - 1))
             row.update(e2e_ms=self.workload.e2e_ms(row["prefill_ms"], row["decode_ms"]), drift=drift,
                        drift_flag=abs(drift - 1) > DRIFT_THRESHOLD)

@@ -202,9 +202,9 @@ def time_steps(model: TimedModel, device: Device, reference: TimedModel | None =
         for _ in range(device.warmup):
             step()
             ref and ref()
-        if ref is None:
+        if ref is None:  # timed alone, the model is its own reference: ratio 1
             own = [t for _ in range(device.bursts) for t in _burst(step, device)]
-            out[metric] = Timing.of(own, bursts=device.bursts)
+            out[metric] = Timing.of(own, bursts=device.bursts, reference_ms=statistics.median(own) * 1e3)
         else:
             out[metric] = _time_paired(step, ref, device)
     return out

@@ -203,7 +203,7 @@ def _summary(ranked, parent_pred: pd.Series, workload, opts, winner, cands: pd.D
                    "parameters": space.num_params(winner), "heldout_perplexity": ppl_child,
                    "calibration_perplexity": float(win.perplexity),
                    "predicted": {k: float(win[f"pred_{k}"]) for k in METRICS},
-                   "predicted_upper": {k: float(win[f"pred_{k}_upper"]) for k in ("prefill_ms", "decode_ms")},
+                   "predicted_upper": {k: float(win[f"pred_{k}_upper"]) for k in STEPS},
                    "measured": {k: float(measured[k]) for k in METRICS},
                    "measured_raw": {k: float(measured[k.replace("_ms", "_raw_ms")]) for k in STEPS}},
         "finalists": list(measured_ids),
