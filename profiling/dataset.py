@@ -19,14 +19,21 @@ META_KEY = b"latprune_profile_schema"
 
 
 def read_profile(path: str | Path) -> pd.DataFrame:
-    """All rows of a profile file (empty frame when it does not exist)."""
+    """All rows of a profile file (empty frame when it does not exist).
+
+    The file is read whole through one open handle: a profiler replacing it meanwhile
+    (atomic rename) cannot mix two versions, as pyarrow's path reader can (it takes the
+    size from one version and the bytes from the next)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return pd.DataFrame()
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise LatpruneError(f"profile '{path}' is not a readable Parquet file ({exc}); move it away") from None
     version = (table.schema.metadata or {}).get(META_KEY)

@@ -153,6 +153,33 @@ def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_pa
     assert list(kept.timestamp) == list(finished.timestamp)  # finished rows untouched
 
 
+def test_profile_read_while_the_profiler_replaces_it_is_never_torn(tmp_path):
+    import threading
+
+    import pandas as pd
+
+    from latprune.profiling.dataset import write_profile
+
+    out = tmp_path / "p.parquet"
+    write_profile(out, pd.DataFrame({"role": ["reference"], "x": [0.0]}))
+    stop = threading.Event()
+
+    def writer():
+        n = 1
+        while not stop.is_set():  # growing files, so consecutive versions differ in size
+            write_profile(out, pd.DataFrame({"role": ["sample"] * n, "x": np.arange(n, dtype=float)}))
+            n = n % 400 + 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(300):
+            assert len(read_profile(out)) >= 1
+    finally:
+        stop.set()
+        thread.join()
+
+
 class _Sleeper:
     """A stand-in for a timed model whose steps take `ms` x the machine's current slowness:
     1x for the first 22 steps of the pair (all of prefill's), then 2x."""
