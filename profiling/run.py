@@ -25,7 +25,7 @@ from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
 from .sampling import profile_plan
-from .timing import STEPS, TimedModel, time_steps
+from .timing import STEPS, TimedModel, stat_column, time_steps
 
 DRIFT_THRESHOLD = 0.25
 
@@ -64,7 +64,7 @@ class Profiler:
         self.key = {"device": device.name, "workload": workload.key, "model_hash": self.identity["config_hash"]}
         self._reference: TimedModel | None = None
         refs = self.writer.rows(role="reference", status="ok", **self.key)
-        self.baseline = {m: float(refs[f"{m.removesuffix('_ms')}_raw_ms"].iloc[0]) for m in STEPS} \
+        self.baseline = {m: float(refs[stat_column(m, "raw_ms")].iloc[0]) for m in STEPS} \
             if not refs.empty else None
 
     def folder(self, arch: Architecture) -> Path:

@@ -16,7 +16,7 @@ from latprune.errors import LatpruneError
 from latprune.profiling.dataset import ProfileWriter
 from latprune.profiling.devices import Device
 from latprune.profiling.run import Profiler
-from latprune.profiling.timing import STEPS
+from latprune.profiling.timing import STEPS, stat_column
 from latprune.workload import Workload
 
 ROUNDS = 3
@@ -51,13 +51,13 @@ def measure_all(config, device: Device, workload: Workload, archs: list[Architec
     for arch in archs:
         rows = timings[arch.id]
         merged = {**rows[0], **{c: median(rows, c) for m in STEPS
-                                for c in (m, m.replace("_ms", "_raw_ms"), m.replace("_ms", "_ratio"))}}
+                                for c in (m, stat_column(m, "raw_ms"), stat_column(m, "ratio"))}}
         merged["e2e_ms"] = workload.e2e_ms(merged["prefill_ms"], merged["decode_ms"])
         measured[arch.id] = merged
     every = [r for rows in timings.values() for r in rows]
     parent = {"measured": dict(profiler.baseline), "raw": {}, "drift": {}}
     parent["measured"]["e2e_ms"] = workload.e2e_ms(parent["measured"]["prefill_ms"], parent["measured"]["decode_ms"])
     for m in STEPS:
-        parent["raw"][m] = median(every, m.replace("_ms", "_reference_ms"))
+        parent["raw"][m] = median(every, stat_column(m, "reference_ms"))
         parent["drift"][m] = parent["raw"][m] / parent["measured"][m]
     return measured, parent

@@ -25,7 +25,7 @@ from latprune.predictors.predictor import Predictor
 from latprune.profiling.devices import check_available, get_device
 from latprune.profiling.export import export_onnx
 from latprune.profiling.run import default_out
-from latprune.profiling.timing import STEPS
+from latprune.profiling.timing import STEPS, stat_column
 from latprune.text import calibration_windows, heldout_windows
 from latprune.workload import METRICS, Workload
 
@@ -147,7 +147,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         raise LatpruneError(f"no finalist meets {opts.metric} <= {opts.latency_ms:g} ms on {dev.name} ({figures}); "
                             "rerun with a safety margin (e.g. --margin 0.05) or profile more samples and refit")
     winner = passing[0]
-    raw = measured[winner.id].get(opts.metric.replace("_ms", "_raw_ms"))
+    raw = measured[winner.id].get(stat_column(opts.metric, "raw_ms"))
     if raw is not None and raw > opts.latency_ms:
         print(f"latprune: warning: the winner's raw {opts.metric} now is {raw:.2f} ms, over the {opts.latency_ms:g} ms "
               f"budget: the machine runs {parent_row['drift'][opts.metric] - 1:+.0%} off its speed when profiled; "
@@ -205,7 +205,7 @@ def _summary(ranked, parent_pred: pd.Series, workload, opts, winner, cands: pd.D
                    "predicted": {k: float(win[f"pred_{k}"]) for k in METRICS},
                    "predicted_upper": {k: float(win[f"pred_{k}_upper"]) for k in STEPS},
                    "measured": {k: float(measured[k]) for k in METRICS},
-                   "measured_raw": {k: float(measured[k.replace("_ms", "_raw_ms")]) for k in STEPS}},
+                   "measured_raw": {k: float(measured[stat_column(k, "raw_ms")]) for k in STEPS}},
         "finalists": list(measured_ids),
     }
     pp, pm = summary["parent"], summary["winner"]
