@@ -7,7 +7,9 @@ architecture = (max - min) / median of its three recorded values; an experiment'
 the median spread over the five, beside the same for the raw (unpaired) medians of the same
 timings. A shared VM's noise changes from one quarter-hour to the next, so the whole
 experiment is repeated (`--repeats`, each with a fresh profiler and baseline) and every
-repeat is reported, not the best one. Throughput counts the first round of the first repeat
+repeat is reported, not the best one. `--versus FIELD=VALUE ...` compares a second timing
+policy, alternated with the first in every repeat (A B A B ...) so that both see the same
+stretches of machine noise. Throughput counts the first round of the first repeat
 (export + timing, including the reference bursts), i.e. what a fresh `latprune profile`
 sample costs.
 """
@@ -36,16 +38,16 @@ TARGET = 0.03
 POLICY = ("threads", "warmup", "bursts", "max_bursts", "ratio_tolerance", "min_repeats", "min_time_s", "max_repeats")
 
 
-def with_overrides(ap: argparse.ArgumentParser, device: Device, items: list[str]) -> Device:
+def with_overrides(ap: argparse.ArgumentParser, device: Device, items: list[str], flag: str) -> Device:
     """The device with FIELD=VALUE timing overrides applied (argparse error for a bad one)."""
     for item in items:
         field, sep, value = item.partition("=")
         if not sep or field not in POLICY:
-            ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(POLICY)}")
+            ap.error(f"{flag} {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(POLICY)}")
         try:
             device = dataclasses.replace(device, **{field: type(getattr(device, field))(value)})
         except ValueError:
-            ap.error(f"--set {item!r}: {value!r} is not a valid {type(getattr(device, field)).__name__}")
+            ap.error(f"{flag} {item!r}: {value!r} is not a valid {type(getattr(device, field)).__name__}")
     return device
 
 
@@ -77,62 +79,77 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="independent repeats of the whole experiment")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="override device timing fields, e.g. bursts=9 threads=1 (to compare policies)")
+                    help="override device timing fields, e.g. bursts=9 threads=1")
+    ap.add_argument("--versus", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="a second policy (these overrides on top of --set), alternated with the first in every "
+                         "repeat (A B A B ...); written to profiling_stability_versus.md")
     args = ap.parse_args()
-    device = with_overrides(ap, get_device(args.device), args.set)
-    repeats = []
+    policies = {"A": with_overrides(ap, get_device(args.device), args.set, "--set")}
+    if args.versus:
+        policies["B"] = with_overrides(ap, policies["A"], args.versus, "--versus")
+    experiments: list[tuple[str, dict[str, list[dict]]]] = []  # (policy, runs) in the order run
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Profiler(load_config("default"), device, Workload(), ProfileWriter(Path(tmp) / "unused.parquet"))
+        cache = Profiler(load_config("default"), policies["A"], Workload(), ProfileWriter(Path(tmp) / "unused.parquet"))
         space = cache.space
         archs = profile_plan(space, args.archs, seed=7)
         try:
             for k in range(args.repeats):
-                folder = Path(tmp) / str(k)
-                folder.mkdir()
-                repeats.append(experiment(device, archs, args.rounds, folder))
+                for name, device in policies.items():
+                    folder = Path(tmp) / f"{k}{name}"
+                    folder.mkdir()
+                    experiments.append((name, experiment(device, archs, args.rounds, folder)))
         finally:  # the graphs were kept across rounds and repeats; none are kept after
             for a in [*archs, space.largest()]:
                 shutil.rmtree(cache.folder(a), ignore_errors=True)
 
-    kinds = [(m, kind) for m in STEPS for kind in (m, stat_column(m, "raw_ms"))]
-    # spreads[k][column] = per-architecture spreads in repeat k
-    spreads = [{col: [spread([r[col] for r in runs[a.id]]) for a in archs] for _, col in kinds} for runs in repeats]
+    kinds = [col for m in STEPS for col in (m, stat_column(m, "raw_ms"))]
+    # per experiment: column -> per-architecture spreads
+    spreads = [{col: [spread([r[col] for r in runs[a.id]]) for a in archs] for col in kinds} for _, runs in experiments]
 
-    policy = {k: getattr(device, k) for k in POLICY}
-    lines = [f"Device `{args.device}` ({device.intra_threads} threads; timing {policy}), workload "
-             f"{Workload().to_dict()}; {args.archs} architectures x {args.rounds} rounds, round-robin; the whole "
-             f"experiment repeated {args.repeats} times (fresh profiler and baseline each time).", "",
-             "Median run-to-run spread over the architectures, per repeat (recorded = paired ratio x baseline; "
-             "raw = unpaired medians of the same timings):", "",
-             "| repeat | prefill recorded | prefill raw | decode recorded | decode raw | reference drift |",
-             "|---|---|---|---|---|---|"]
-    for k, (runs, s) in enumerate(zip(repeats, spreads)):
-        drifts = [r["drift"] for rows in runs.values() for r in rows]
-        cells = [f"{statistics.median(s[col]):.1%}" for _, col in kinds]
-        lines.append(f"| {k + 1} | " + " | ".join(cells) + f" | {min(drifts):.3f} to {max(drifts):.3f} |")
-    lines += ["", "Per architecture, recorded spread in each repeat:", "",
-              "| architecture | params | prefill ms (first repeat) | prefill spread | decode ms (first repeat) | "
-              "decode spread |", "|---|---|---|---|---|---|"]
+    lines = [f"Device `{args.device}`, workload {Workload().to_dict()}; {args.archs} architectures x {args.rounds} "
+             f"rounds, round-robin; the whole experiment repeated {args.repeats} times (fresh profiler and baseline "
+             "each time)" + (", alternating the two policies (A B A B ...)." if args.versus else "."), ""]
+    for name, device in policies.items():
+        lines.append(f"- policy {name}: {device.intra_threads} threads, "
+                     + ", ".join(f"{k}={getattr(device, k)}" for k in POLICY if k != "threads"))
+    lines += ["", "Median run-to-run spread over the architectures, per experiment (recorded = paired ratio x "
+              "baseline; raw = unpaired medians of the same timings); timing seconds per sample (export excluded):",
+              "", "| repeat | policy | prefill recorded | prefill raw | decode recorded | decode raw | reference drift "
+              "| timing s/sample |", "|---|---|---|---|---|---|---|---|"]
+    for i, ((name, runs), s) in enumerate(zip(experiments, spreads)):
+        rows = [r for rs in runs.values() for r in rs]
+        cells = [f"{statistics.median(s[col]):.1%}" for col in kinds]
+        lines.append(f"| {i // len(policies) + 1} | {name} | " + " | ".join(cells)
+                     + f" | {min(r['drift'] for r in rows):.3f} to {max(r['drift'] for r in rows):.3f} | "
+                     f"{statistics.mean(r['timing_s'] for r in rows):.1f} |")
+    lines += ["", "Per architecture, recorded spread in each experiment:", "",
+              "| architecture | params | policy | prefill ms (first repeat) | prefill spread "
+              "| decode ms (first repeat) | decode spread |", "|---|---|---|---|---|---|---|"]
     for i, a in enumerate(archs):
-        cells = []
-        for m in STEPS:
-            cells += [", ".join(f"{r[m]:.2f}" for r in repeats[0][a.id]), ", ".join(f"{s[m][i]:.1%}" for s in spreads)]
-        lines.append(f"| {a.describe()} | {space.num_params(a):,} | " + " | ".join(cells) + " |")
-    lines += ["", f"| metric | median over repeats of the median spread | repeats with ≤{TARGET:.0%} |",
-              "|---|---|---|"]
+        for name in policies:
+            mine = [(runs, s) for (n, runs), s in zip(experiments, spreads) if n == name]
+            cells = []
+            for m in STEPS:
+                first = mine[0][0][a.id]
+                cells += [", ".join(f"{r[m]:.2f}" for r in first), ", ".join(f"{s[m][i]:.1%}" for _, s in mine)]
+            lines.append(f"| {a.describe()} | {space.num_params(a):,} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"| metric | policy | median over repeats of the median spread | repeats with ≤{TARGET:.0%} |",
+              "|---|---|---|---|"]
     for m in STEPS:
-        per_repeat = [statistics.median(s[m]) for s in spreads]
-        met = sum(v <= TARGET for v in per_repeat)
-        lines.append(f"| {m} (recorded) | **{statistics.median(per_repeat):.1%}** (range {min(per_repeat):.1%}-"
-                     f"{max(per_repeat):.1%}) | {met} of {len(per_repeat)} |")
-    first_round = [rows[0] for rows in repeats[0].values()]
+        for name in policies:
+            per_repeat = [statistics.median(s[m]) for (n, _), s in zip(experiments, spreads) if n == name]
+            met = sum(v <= TARGET for v in per_repeat)
+            lines.append(f"| {m} (recorded) | {name} | **{statistics.median(per_repeat):.1%}** (range "
+                         f"{min(per_repeat):.1%}-{max(per_repeat):.1%}) | {met} of {len(per_repeat)} |")
+    first_round = [rows[0] for rows in experiments[0][1].values()]
     export = sum(r["export_s"] for r in first_round)
     timing = sum(r["timing_s"] for r in first_round)
     total = export + timing
-    lines += ["", f"Throughput (first round of the first repeat, fresh samples): **{len(first_round) / total * 60:.1f} "
-                  f"samples/min**; export {export / total:.0%} of the time, timing {timing / total:.0%} "
-                  f"({total / len(first_round):.1f} s per sample)."]
-    print(_common.write_markdown("profiling_stability", "Profiling stability and throughput", "\n".join(lines)))
+    lines += ["", f"Throughput (policy A, first round of the first repeat, fresh samples): "
+                  f"**{len(first_round) / total * 60:.1f} samples/min**; export {export / total:.0%} of the time, "
+                  f"timing {timing / total:.0%} ({total / len(first_round):.1f} s per sample)."]
+    name = "profiling_stability_versus" if args.versus else "profiling_stability"
+    print(_common.write_markdown(name, "Profiling stability and throughput", "\n".join(lines)))
 
 
 if __name__ == "__main__":

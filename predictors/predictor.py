@@ -135,6 +135,8 @@ class Predictor:
             "feature_schema": FEATURE_SCHEMA,
             "features": FEATURES,
             "rows": counts,
+            # the scale of every paired row: the parent's latency at the profile's calibration
+            "baseline_ms": {str(r.workload): {m: float(r[m]) for m in METRICS} for _, r in refs.iterrows()},
             "accuracy": acc,
             "seed": seed,
             "versions": json.loads(first.versions_json),

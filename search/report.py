@@ -101,8 +101,8 @@ def _measurement_note(summary: dict) -> list[str]:
     if "drift" not in p or m not in p["drift"]:
         return []
     return ["", f"Measured figures are drift-corrected: each finalist is timed in bursts interleaved with the parent, "
-                f"and its latency is its median ratio to the parent x the parent's {m} when the profile was "
-                f"calibrated ({p['measured'][m]:.2f} ms). During verification the parent ran "
+                f"and its latency is its median ratio to the parent x the parent's {m} when the profile "
+                f"behind the predictor was calibrated ({p['measured'][m]:.2f} ms). During verification the parent ran "
                 f"{p['measured_raw'][m]:.2f} ms ({p['drift'][m] - 1:+.0%}), and the winner "
                 f"{w['measured_raw'][m]:.2f} ms, raw."]
 

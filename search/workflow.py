@@ -135,7 +135,8 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     vbar = tqdm(total=len(finalists) * ROUNDS, desc=f"verify on {dev.name}", unit="timing",
                 disable=not progress)
     try:
-        measured, parent_row = measure_all(config, dev, workload, finalists, record, lambda _r: vbar.update(1))
+        measured, parent_row = measure_all(config, dev, workload, finalists, record, lambda _r: vbar.update(1),
+                                           baseline=pred.meta.get("baseline_ms", {}).get(workload.key))
     finally:
         vbar.close()
     for col in METRICS:

@@ -87,4 +87,5 @@ def test_parent_reference_timings_anchor_the_largest_architecture():
     without = Predictor.fit(frame).predict([largest]).decode_ms.iloc[0]
     with_refs = Predictor.fit(pd.concat([frame, reference], ignore_index=True))
     assert with_refs.meta["rows"]["reference_median_rows"] == 1
+    assert with_refs.meta["baseline_ms"]["w"]["decode_ms"] == pytest.approx(true_decode)  # the scale verification uses
     assert abs(with_refs.predict([largest]).decode_ms.iloc[0] - true_decode) < abs(without - true_decode)

@@ -153,6 +153,25 @@ def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_pa
     assert list(kept.timestamp) == list(finished.timestamp)  # finished rows untouched
 
 
+def test_verification_reports_on_the_predictors_scale_whatever_the_record(tiny_dir, tmp_path):
+    from latprune.models import load_config
+    from latprune.search.verify import measure_all
+
+    device = dataclasses.replace(get_device("cpu"), warmup=0, min_repeats=2, min_time_s=0.0, bursts=3, max_bursts=3)
+    config = load_config(str(tiny_dir))
+    arch = SearchSpace.from_config(config).smallest()
+    record = tmp_path / "verify.parquet"  # a fresh file: its own first reference row, its own baseline
+    predictor_scale = {"prefill_ms": 100.0, "decode_ms": 10.0}
+    measured, parent = measure_all(config, device, Workload(prompt=16, generate=4), [arch], record, rounds=1,
+                                   baseline=predictor_scale)
+    row = measured[arch.id]
+    assert parent["measured"]["decode_ms"] == 10.0 and row["decode_ms"] == row["decode_ratio"] * 10.0
+    assert row["e2e_ms"] == row["prefill_ms"] + 4 * row["decode_ms"]
+    assert parent["drift"]["decode_ms"] == parent["raw"]["decode_ms"] / 10.0
+    written = read_profile(record).query("role == 'verify'").iloc[0]  # the record keeps its own scale
+    assert written.decode_ms == written.decode_ratio * written.decode_baseline_ms != row["decode_ms"]
+
+
 def test_profile_read_while_the_profiler_replaces_it_is_never_torn(tmp_path):
     import threading
 
