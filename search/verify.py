@@ -1,11 +1,10 @@
 """Verification: time the finalists on the device with the profiling harness, each paired
 with the parent (interleaved bursts, see `profiling.timing`), over several rounds, and keep
-each finalist's median. A finalist's measured latency is on the predictor's scale (its
+each finalist's median. A finalist's measured latency is on the predictor's scale: its
 ratio to the parent x the parent's latency when the predictor's profile was calibrated,
-whatever file the timings are recorded in), so predictions, budget and measurements share
-one scale, measured
-speedups are ratios taken side by side and robust to the machine drifting since then;
-the raw timings and the parent's drift are kept beside them."""
+whatever file the timings are recorded in. So predictions, budget and measurements share
+one scale, measured speedups are ratios taken side by side, and both are robust to the
+machine drifting since; the raw timings and the parent's drift are kept beside them."""
 
 from __future__ import annotations
 
