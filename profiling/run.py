@@ -102,14 +102,13 @@ class Profiler:
                 self.baseline = {m: t.median_ms for m, t in timings.items()}
             drifts = []
             for metric, t in timings.items():
-                name = metric.removesuffix("_ms")
                 drifts.append(t.reference_ms / self.baseline[metric])
-                row.update({f"{name}_ms": t.ratio * self.baseline[metric],
-                            f"{name}_raw_ms": t.median_ms, f"{name}_p10_ms": t.p10_ms, f"{name}_p90_ms": t.p90_ms,
-                            f"{name}_iqr_ms": t.iqr_ms, f"{name}_repeats": t.repeats,
-                            f"{name}_ratio": t.ratio, f"{name}_ratio_spread": t.ratio_spread,
-                            f"{name}_ratio_ci": t.ratio_ci, f"{name}_bursts": t.bursts,
-                            f"{name}_reference_ms": t.reference_ms, f"{name}_baseline_ms": self.baseline[metric]})
+                row[metric] = t.ratio * self.baseline[metric]
+                stats = {"raw_ms": t.median_ms, "p10_ms": t.p10_ms, "p90_ms": t.p90_ms, "iqr_ms": t.iqr_ms,
+                         "repeats": t.repeats, "ratio": t.ratio, "ratio_spread": t.ratio_spread,
+                         "ratio_ci": t.ratio_ci, "bursts": t.bursts, "reference_ms": t.reference_ms,
+                         "baseline_ms": self.baseline[metric]}
+                row.update({stat_column(metric, stat): value for stat, value in stats.items()})
             drift = max(drifts, key=lambda r: abs(r - 1))
             row.update(e2e_ms=self.workload.e2e_ms(row["prefill_ms"], row["decode_ms"]), drift=drift,
                        drift_flag=abs(drift - 1) > DRIFT_THRESHOLD)
