@@ -35,7 +35,8 @@ from latprune.workload import Workload
 import _common
 
 TARGET = 0.03
-POLICY = ("threads", "warmup", "bursts", "max_bursts", "ratio_tolerance", "min_repeats", "min_time_s", "max_repeats")
+POLICY = ("threads", "warmup", "bursts", "max_bursts", "ratio_tolerance", "min_repeats", "min_time_s", "max_repeats",
+          "busy_tolerance", "busy_retries")
 
 
 def with_overrides(ap: argparse.ArgumentParser, device: Device, items: list[str], flag: str) -> Device:
@@ -66,7 +67,7 @@ def experiment(device: Device, archs: list[Architecture], rounds: int, folder: P
                 assert row["status"] == "ok", row["error"]
                 runs[a.id].append(row)
                 print(r, a.describe(), round(row["prefill_ms"], 2), round(row["decode_ms"], 3),
-                      f"drift {row['drift']:.3f}", flush=True)
+                      f"drift {row['drift']:.3f}", f"attempts {row['attempts']}", flush=True)
     finally:
         prof.close()
     return runs
@@ -115,13 +116,14 @@ def main() -> None:
     lines += ["", "Median run-to-run spread over the architectures, per experiment (recorded = paired ratio x "
               "baseline; raw = unpaired medians of the same timings); timing seconds per sample (export excluded):",
               "", "| repeat | policy | prefill recorded | prefill raw | decode recorded | decode raw | reference drift "
-              "| timing s/sample |", "|---|---|---|---|---|---|---|---|"]
+              "| timing s/sample | retried (host busy) |", "|---|---|---|---|---|---|---|---|---|"]
     for i, ((name, runs), s) in enumerate(zip(experiments, spreads)):
         rows = [r for rs in runs.values() for r in rs]
         cells = [f"{statistics.median(s[col]):.1%}" for col in kinds]
         lines.append(f"| {i // len(policies) + 1} | {name} | " + " | ".join(cells)
                      + f" | {min(r['drift'] for r in rows):.3f} to {max(r['drift'] for r in rows):.3f} | "
-                     f"{statistics.mean(r['timing_s'] for r in rows):.1f} |")
+                     f"{statistics.mean(r['timing_s'] for r in rows):.1f} | "
+                     f"{statistics.mean(r['attempts'] > 1 for r in rows):.0%} |")
     lines += ["", "Per architecture, recorded spread in each experiment:", "",
               "| architecture | params | policy | prefill ms (first repeat) | prefill spread "
               "| decode ms (first repeat) | decode spread |", "|---|---|---|---|---|---|---|"]

@@ -38,6 +38,8 @@ class Device:
     bursts: int = 9  # timings are split into this many bursts, interleaved with the reference
     max_bursts: int = 27  # ... and extended up to this many while the ratio's 95% interval is
     ratio_tolerance: float = 0.02  # wider than this (relative half-width)
+    busy_tolerance: float = 0.05  # a sample timed while the reference ran further than this off its recent
+    busy_retries: int = 2  # median (host busy) is timed again, up to this many more times
     io_binding: bool = False
     description: str = ""
 
@@ -86,10 +88,10 @@ def _device_from_toml(name: str, data: dict[str, Any], source: Path) -> Device:
     if data.get("dtype", "fp32") not in ("fp32", "fp16"):
         raise LatpruneError(f"devices file {source}: device '{name}' dtype must be fp32 or fp16")
     for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1),
-                        ("max_bursts", 1)):
+                        ("max_bursts", 1), ("busy_retries", 0)):
         if key in data and (not isinstance(data[key], int) or data[key] < lowest):
             raise LatpruneError(f"devices file {source}: device '{name}' {key} must be an integer >= {lowest}")
-    for key in ("min_time_s", "ratio_tolerance"):
+    for key in ("min_time_s", "ratio_tolerance", "busy_tolerance"):
         if key in data and not (isinstance(data[key], int | float) and data[key] >= 0):
             raise LatpruneError(f"devices file {source}: device '{name}' {key} must be a number >= 0")
     try:

@@ -172,6 +172,34 @@ def test_verification_reports_on_the_predictors_scale_whatever_the_record(tiny_d
     assert written.decode_ms == written.decode_ratio * written.decode_baseline_ms != row["decode_ms"]
 
 
+@pytest.mark.parametrize("retries", [2, 0])
+def test_a_sample_timed_while_the_host_is_busy_is_timed_again(tiny_dir, tmp_path, monkeypatch, retries):
+    import latprune.profiling.run as run
+    from latprune.models import load_config
+    from latprune.profiling.dataset import ProfileWriter
+    from latprune.profiling.timing import Timing
+
+    # (reference's median during the timing, sample/reference ratio) of successive timings:
+    # the reference row alone, then a sample timed while the host was busy (reference 30% slow), then calm
+    script = [(10.0, 1.0), (13.0, 0.9), (10.2, 0.5), (10.0, 0.7)]
+
+    def time_steps(model, device, reference=None):
+        ref_ms, ratio = script.pop(0)
+        return {m: Timing(ref_ms * ratio, 0, 0, 0, 1, ratio=ratio, reference_ms=ref_ms) for m in ("prefill_ms",
+                                                                                                    "decode_ms")}
+
+    monkeypatch.setattr(run, "time_steps", time_steps)
+    device = dataclasses.replace(get_device("cpu"), busy_tolerance=0.05, busy_retries=retries)
+    prof = run.Profiler(load_config(str(tiny_dir)), device, Workload(prompt=16, generate=4),
+                        ProfileWriter(tmp_path / "p.parquet"))
+    row = prof.measure(prof.space.smallest(), "sample")
+    if retries:  # timed again; the calm attempt is recorded
+        assert row["attempts"] == 2 and row["decode_ratio"] == 0.5 and row["host_shift"] == pytest.approx(0.02)
+    else:
+        assert row["attempts"] == 1 and row["decode_ratio"] == 0.9 and row["host_shift"] == pytest.approx(0.3)
+    assert row["decode_ms"] == row["decode_ratio"] * 10.0  # on the baseline's scale either way
+
+
 def test_profile_read_while_the_profiler_replaces_it_is_never_torn(tmp_path):
     import threading
 
