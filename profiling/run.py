@@ -226,7 +226,8 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
                 bar.write(f"latprune: sample {arch.id} failed: {row['error'].splitlines()[0]}")
                 continue
             bar.set_postfix_str(f"{arch.describe()}: prefill {row['prefill_ms']:.1f} ms, "
-                                f"decode {row['decode_ms']:.2f} ms, drift {row['drift'] - 1:+.0%}")
+                                f"decode {row['decode_ms']:.2f} ms, drift {row['drift'] - 1:+.0%}"
+                                + (f", host busy: {row['attempts']} attempts" if row["attempts"] > 1 else ""))
             if row["drift_flag"]:
                 bar.write(f"latprune: warning: the reference drifted {row['drift'] - 1:+.0%} from the baseline "
                           f"while timing {arch.id}; the sample is flagged (machine busy or throttling?)")
