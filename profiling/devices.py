@@ -38,8 +38,8 @@ class Device:
     bursts: int = 9  # timings are split into this many bursts, interleaved with the reference
     max_bursts: int = 27  # ... and extended up to this many while the ratio's 95% interval is
     ratio_tolerance: float = 0.02  # wider than this (relative half-width)
-    busy_tolerance: float = 0.05  # a sample timed while the reference ran further than this off its recent
-    busy_retries: int = 2  # median (host busy) is timed again, up to this many more times
+    busy_tolerance: float = 0.05  # host busy: the reference ran this far off its recent median ...
+    busy_retries: int = 2  # ... so the sample is timed again, up to this many more times
     io_binding: bool = False
     description: str = ""
 
