@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -11,6 +12,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# latency bands, as a share of the parent's latency, for "where are the errors" tables; ALL spans every band
+BANDS = ((0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01))
+ALL = (0, 1.01)
+
+
+def band_label(lo: float, hi: float) -> str:
+    return "all" if (lo, hi) == ALL else f"{lo:.0%}-{min(hi, 1):.0%}"
+
+
+def spread(values) -> float:
+    """Run-to-run spread of repeated measurements: (max - min) / median."""
+    return (max(values) - min(values)) / statistics.median(values)
 
 
 def host_line() -> str:

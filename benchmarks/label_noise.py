@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
 from latprune.models import load_config
 from latprune.predictors.accuracy import accuracy
 from latprune.predictors.features import features
@@ -40,12 +41,6 @@ from latprune.profiling.timing import STEPS
 from latprune.workload import Workload
 
 import _common
-
-BANDS = ((0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01))
-
-
-def band_label(lo: float, hi: float) -> str:
-    return f"{lo:.0%}-{min(hi, 1):.0%}"
 
 
 def agree(values: list[float], tol: float = 0.10) -> list[bool]:
@@ -62,7 +57,13 @@ def main() -> None:
     if args.passes < 1:
         ap.error("--passes must be at least 1")
 
-    rows, _ = usable_rows(read_profile(args.profile))
+    try:
+        rows, _ = usable_rows(read_profile(args.profile))
+    except LatpruneError as exc:
+        ap.error(f"--profile: {exc}")
+    if not 1 <= args.holdout <= len(rows) - 10:
+        ap.error(f"--holdout must be between 1 and {len(rows) - 10} (the profile has {len(rows)} usable rows, and "
+                 "at least 10 are needed to fit)")
     perm = np.random.default_rng(0).permutation(len(rows))  # the learning curve's split
     hold, pool = perm[: args.holdout], perm[args.holdout:]
     archs = [Architecture.from_json(j) for j in rows.iloc[hold].arch_json]
@@ -103,15 +104,14 @@ def main() -> None:
         first = np.array([v[0] for v in measured[m]])
         med = np.array([statistics.median(v) for v in measured[m]])
         rel = first / rows[m].max()
-        for lo, hi in (*BANDS, (0, 1.01)):
+        for lo, hi in (*_common.BANDS, _common.ALL):
             sel = np.flatnonzero((rel >= lo) & (rel < hi))
             if not len(sel):
                 continue
             pairs = [ok for i in sel for ok in agree(measured[m][i])]
-            spreads = [(max(measured[m][i]) - min(measured[m][i])) / med[i] for i in sel]
+            spreads = [_common.spread(measured[m][i]) for i in sel]
             single, robust = accuracy(first[sel], pred[sel]), accuracy(med[sel], pred[sel])
-            label = "all" if (lo, hi) == (0, 1.01) else band_label(lo, hi)
-            lines.append(f"| {m} | {label} | {len(sel)} | {np.mean(pairs):.1%} ({len(pairs)}) | "
+            lines.append(f"| {m} | {_common.band_label(lo, hi)} | {len(sel)} | {np.mean(pairs):.1%} ({len(pairs)}) | "
                          f"{statistics.median(spreads):.1%} | {single['within_10pct']:.1%} | "
                          f"{robust['within_10pct']:.1%} | {robust['mape']:.2%} |")
     lines += ["", "Per architecture (profile's measurement, then the re-measurements; ms):", "",

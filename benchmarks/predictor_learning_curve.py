@@ -72,12 +72,11 @@ def main() -> None:
             oof[fold] = SURROGATES["xgboost"](metric).fit(f.iloc[rest], y[rest]).predict_all(f.iloc[fold])
         err = np.abs(oof / y - 1)
         rel = y / y.max()
-        for lo, hi in ((0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01), (0, 1.01)):
+        for lo, hi in (*_common.BANDS, _common.ALL):
             m = (rel >= lo) & (rel < hi)
-            label = "all" if (lo, hi) == (0, 1.01) else f"{lo:.0%}-{min(hi, 1):.0%}"
             if m.any():
-                lines.append(f"| {metric} | {label} | {int(m.sum())} | {(err[m] <= 0.1).mean():.1%} | "
-                             f"{err[m].mean():.2%} |")
+                lines.append(f"| {metric} | {_common.band_label(lo, hi)} | {int(m.sum())} | "
+                             f"{(err[m] <= 0.1).mean():.1%} | {err[m].mean():.2%} |")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("prefill_ms", "decode_ms")):
         for kind in kinds:

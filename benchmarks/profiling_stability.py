@@ -52,10 +52,6 @@ def with_overrides(ap: argparse.ArgumentParser, device: Device, items: list[str]
     return device
 
 
-def spread(values: list[float]) -> float:
-    return (max(values) - min(values)) / statistics.median(values)
-
-
 def experiment(device: Device, archs: list[Architecture], rounds: int, folder: Path) -> dict[str, list[dict]]:
     """Rows of every architecture over `rounds` round-robin rounds, with a fresh profiler."""
     prof = Profiler(load_config("default"), device, Workload(), ProfileWriter(folder / "p.parquet"), keep_onnx=True)
@@ -105,7 +101,8 @@ def main() -> None:
 
     kinds = [col for m in STEPS for col in (m, stat_column(m, "raw_ms"))]
     # per experiment: column -> per-architecture spreads
-    spreads = [{col: [spread([r[col] for r in runs[a.id]]) for a in archs] for col in kinds} for _, runs in experiments]
+    spreads = [{col: [_common.spread([r[col] for r in runs[a.id]]) for a in archs] for col in kinds}
+               for _, runs in experiments]
 
     lines = [f"Device `{args.device}`, workload {Workload().to_dict()}; {args.archs} architectures x {args.rounds} "
              f"rounds, round-robin; the whole experiment repeated {args.repeats} times (fresh profiler and baseline "

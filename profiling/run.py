@@ -146,9 +146,10 @@ class Profiler:
         """Timings of the graph at `path`, retried while the host is busy; with the number of
         attempts and the recorded attempt's host shift."""
         reference = None if role == "reference" else self._reference_model()
+        tries = 1 if reference is None else 1 + self.device.busy_retries
         best: tuple[dict[str, Timing], float] | None = None
         attempts = 0
-        while attempts <= (0 if reference is None else self.device.busy_retries):
+        while attempts < tries:
             attempts += 1
             timings = time_steps(TimedModel(path, self.device, self.workload), self.device, reference)
             shift = self.host_shift(timings)
