@@ -7,6 +7,10 @@ is distilled from the parent on the calibration part of the default text, throug
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import shutil
 import time
@@ -14,8 +18,6 @@ from pathlib import Path
 
 from latprune.architecture import Architecture
 from latprune.compress.workflow import compress, distill_model
-
-import _common
 
 
 def main() -> None:

@@ -6,16 +6,18 @@ three ways and its held-out perplexity measured on the same windows.
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import statistics
 
 from latprune.compress.extract import extract
 from latprune.compress.quality import perplexity
+from latprune.compress.ranked import rank_model
 from latprune.compress.ranking import Ranking
-from latprune.compress.workflow import rank_model
 from latprune.text import heldout_windows
-
-import _common  # noqa: F401  (environment first)
 
 
 def main() -> None:

@@ -18,6 +18,10 @@ reports, per metric and latency band:
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import itertools
 import shutil
@@ -32,15 +36,13 @@ from latprune.errors import LatpruneError
 from latprune.models import load_config
 from latprune.predictors.accuracy import accuracy
 from latprune.predictors.features import features
-from latprune.predictors.predictor import _parent_space, usable_rows
+from latprune.predictors.predictor import _parent_space
 from latprune.predictors.surrogates import SURROGATES
-from latprune.profiling.dataset import ProfileWriter, read_profile
+from latprune.profiling.dataset import ProfileWriter, read_profile, usable_rows
 from latprune.profiling.devices import get_device
 from latprune.profiling.run import Profiler
 from latprune.profiling.timing import STEPS
 from latprune.workload import Workload
-
-import _common
 
 
 def agree(values: list[float], tol: float = 0.10) -> list[bool]:

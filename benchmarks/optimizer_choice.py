@@ -7,16 +7,18 @@ perplexity evaluations, for several seeds; we compare the best calibration perpl
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import statistics
 
-from latprune.compress.workflow import WINDOW, rank_model
+from latprune.compress.ranked import WINDOW, rank_model
 from latprune.predictors.predictor import Predictor
 from latprune.search.workflow import SEARCH_WINDOWS, SearchOptions, find_candidates
 from latprune.text import calibration_windows
 from latprune.workload import Workload
-
-import _common
 
 CANDIDATES = ("PortfolioDiscreteOnePlusOne", "DiscreteLenglerOnePlusOne", "NGOpt", "RandomSearch")
 

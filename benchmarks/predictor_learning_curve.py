@@ -8,21 +8,26 @@ small torch MLP ensemble.
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 
 import matplotlib
 import numpy as np
-
-import _common
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from latprune.predictors.accuracy import accuracy  # noqa: E402
 from latprune.predictors.features import features  # noqa: E402
-from latprune.predictors.predictor import _parent_space, _split_folds, usable_rows  # noqa: E402
+from latprune.predictors.predictor import _parent_space, _split_folds  # noqa: E402
 from latprune.predictors.surrogates import SURROGATES  # noqa: E402
-from latprune.profiling.dataset import read_profile  # noqa: E402
+from latprune.profiling.dataset import (
+    read_profile,  # noqa: E402
+    usable_rows,  # noqa: E402
+)
 
 
 def main() -> None:

@@ -5,6 +5,10 @@ Needs a predictor directory (default out/predictors/cpu from 'latprune fit profi
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import time
 
@@ -13,8 +17,6 @@ import numpy as np
 from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
 from latprune.workload import Workload
-
-import _common
 
 
 def main() -> None:

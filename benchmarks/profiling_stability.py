@@ -16,6 +16,10 @@ sample costs.
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import dataclasses
 import shutil
@@ -25,14 +29,11 @@ from pathlib import Path
 
 from latprune.architecture import Architecture
 from latprune.models import load_config
-from latprune.profiling.dataset import ProfileWriter
+from latprune.profiling.dataset import STEPS, ProfileWriter, stat_column
 from latprune.profiling.devices import Device, get_device
 from latprune.profiling.run import Profiler
 from latprune.profiling.sampling import profile_plan
-from latprune.profiling.timing import STEPS, stat_column
 from latprune.workload import Workload
-
-import _common
 
 TARGET = 0.03
 POLICY = ("threads", "warmup", "bursts", "max_bursts", "ratio_tolerance", "min_repeats", "min_time_s", "max_repeats",

@@ -8,6 +8,10 @@ and the number of on-device timings used (finalists x 3 rounds, each paired with
 
 from __future__ import annotations
 
+# isort: off
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
+# isort: on
+
 import argparse
 import json
 import shutil
@@ -17,8 +21,6 @@ from latprune.errors import LatpruneError
 from latprune.models import load_config, model_identity
 from latprune.search.pipeline import parent_measured
 from latprune.search.workflow import SearchOptions, search
-
-import _common
 
 STRATEGIES = {"nas": 3, "random": 3, "uniform": 1, "layers": 1}  # strategy -> finalists
 

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from latprune import models
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
-from latprune.files import atomic_dir
+from latprune.files import MODEL_MARKER, atomic_dir
 from latprune.models import model_identity
 from latprune.space import SearchSpace
 
@@ -26,8 +27,9 @@ CHECKPOINT_VERSION = 1
 
 
 def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, parent_config, tokenizer=None,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write `model` (extracted with `arch` from a parent with `parent_config`) to `out`."""
+                    extra: dict[str, Any] | None = None, inputs: list = ()) -> Path:
+    """Write `model` (extracted with `arch` from a parent with `parent_config`) to `out`
+    (replacing only a latprune checkpoint, never a directory holding one of `inputs`)."""
     space = SearchSpace.from_config(parent_config)
     meta = {
         "latprune_checkpoint_version": CHECKPOINT_VERSION,
@@ -40,19 +42,22 @@ def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, paren
         **(extra or {}),
     }
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, MODEL_MARKER, inputs) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / "latprune.json").write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / MODEL_MARKER).write_text(json.dumps(meta, indent=2, default=str))
     return Path(out)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    meta_file = Path(path) / "latprune.json"
+    meta_file = Path(path) / MODEL_MARKER
     if not meta_file.is_file():
-        raise LatpruneError(f"'{path}' is not a latprune checkpoint (no latprune.json)")
-    meta = json.loads(meta_file.read_text())
+        raise LatpruneError(f"'{path}' is not a latprune checkpoint (no {MODEL_MARKER})")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, OSError) as exc:
+        raise LatpruneError(f"'{meta_file}' is damaged ({exc}); compress the model again") from None
     if meta.get("latprune_checkpoint_version") != CHECKPOINT_VERSION:
         raise LatpruneError(f"'{path}' has checkpoint version {meta.get('latprune_checkpoint_version')}; "
                             f"this latprune reads version {CHECKPOINT_VERSION}")
@@ -62,18 +67,28 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_compressed(path: str | Path) -> nn.Module:
     """Load a compressed checkpoint, uniform or per-layer."""
     from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from .extract import extract
 
     path = Path(path)
     meta = read_metadata(path)
     if meta["uniform"]:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32").eval()
-    parent_cfg = dict(meta["parent"]["config"])
-    config = AutoConfig.for_model(parent_cfg.pop("model_type"), **parent_cfg)
+        return models.load_model(path)
     with torch.device("cpu"):
-        skeleton = AutoModelForCausalLM.from_config(config)
+        skeleton = AutoModelForCausalLM.from_config(models.config_from_dict(meta["parent"]["config"]))
     model = extract(skeleton, Architecture.from_dict(meta["architecture"]))
-    load_model(model, str(path / "model.safetensors"), strict=True)
+    try:
+        load_model(model, str(path / "model.safetensors"), strict=True)
+    except models.LOAD_ERRORS as exc:
+        raise LatpruneError(f"'{path}': its weights cannot be loaded ({type(exc).__name__})") from None
     return model.eval()
+
+
+def load_any(spec: str | Path) -> nn.Module:
+    """A model in float32 eval mode: 'default', a HF directory, a .gguf file, or a latprune
+    checkpoint (per-layer architectures are rebuilt from their metadata)."""
+    path = models.resolve(spec)
+    if path.is_dir() and (path / MODEL_MARKER).is_file():
+        return load_compressed(path)
+    return models.load_model(spec)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latprune.errors import LatpruneError
-from latprune.files import atomic_dir
+from latprune.errors import Interrupted, LatpruneError, no_interrupt
+from latprune.files import CHECKPOINT_MARKER, atomic_dir
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,20 @@ class DistillConfig:
     lm_weight: float = 0.1
     seed: int = 0
     save_every: int = 25
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LatpruneError(f"distillation {name} must be a positive integer; got {value!r}")
+        for name in ("lr", "temperature"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise LatpruneError(f"distillation {name} must be a positive number; got {getattr(self, name)}")
+        for name in ("weight_decay", "lm_weight"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise LatpruneError(f"distillation {name} must be a number >= 0; got {getattr(self, name)}")
+        if self.warmup < 0 or self.seed < 0:
+            raise LatpruneError("distillation warmup and seed must be >= 0")
 
     def tokens(self, window: int) -> int:
         return self.steps * self.batch_size * self.grad_accum * window
@@ -81,7 +95,7 @@ def save_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer
                     cfg: DistillConfig) -> None:
     from safetensors.torch import save_file, save_model
 
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, CHECKPOINT_MARKER) as tmp:
         save_model(student, str(tmp / "student.safetensors"))
         state = opt.state_dict()
         tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()
@@ -109,6 +123,37 @@ def load_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer
     return int(meta["step"])
 
 
+def _step(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: DistillConfig,
+          opt: torch.optim.Optimizer, params: list, step: int, lr_scale: float) -> float:
+    """One optimizer step (all micro-batches); returns its loss. Parameters change only in
+    the final `opt.step()`, so an interrupt before it leaves the previous step's state."""
+    opt.zero_grad(set_to_none=True)
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * lr_scale
+    total = 0.0
+    for micro in range(cfg.grad_accum):
+        loss = _loss(student, teacher, _batch(windows, cfg, step, micro), cfg) / cfg.grad_accum
+        loss.backward()
+        total += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    with no_interrupt():
+        opt.step()
+    return total
+
+
+def _interrupted(checkpoint, student: nn.Module, opt: torch.optim.Optimizer, done: int, start: int,
+                 cfg: DistillConfig) -> Interrupted:
+    """Save the finished steps on Ctrl-C and say exactly what was saved."""
+    if checkpoint is None:
+        return Interrupted(f"distillation stopped after {done} of {cfg.steps} steps; nothing was saved")
+    if done > start:
+        save_checkpoint(Path(checkpoint), student, opt, done, cfg)
+    if done == 0:
+        return Interrupted("distillation stopped before its first step finished; nothing to save")
+    return Interrupted(f"distillation stopped after {done} of {cfg.steps} steps; those steps are saved in "
+                       f"{checkpoint}: rerun the same command to resume")
+
+
 def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: DistillConfig,
             checkpoint: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> nn.Module:
     """Distil `teacher` into `student` in place; resumes from `checkpoint` when it exists.
@@ -124,27 +169,21 @@ def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
         start = load_checkpoint(Path(checkpoint), student, opt, cfg)
     schedule = _lr_lambda(cfg)
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not progress)
-    t0, seen = time.perf_counter(), 0
+    t0, seen, done = time.perf_counter(), 0, start
     try:
         for step in range(start, cfg.steps):
             if stop_after is not None and step - start >= stop_after:
                 break
-            opt.zero_grad(set_to_none=True)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * schedule(step)
-            total = 0.0
-            for micro in range(cfg.grad_accum):
-                batch = _batch(windows, cfg, step, micro)
-                loss = _loss(student, teacher, batch, cfg) / cfg.grad_accum
-                loss.backward()
-                total += float(loss.detach())
-                seen += batch.numel()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            total = _step(student, teacher, windows, cfg, opt, params, step, schedule(step))
+            done = step + 1
+            seen += cfg.batch_size * cfg.grad_accum * windows.shape[1]
             bar.update(1)
-            bar.set_postfix_str(f"loss {total:.3f}, {seen / (time.perf_counter() - t0):.0f} tok/s")
-            if checkpoint is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-                save_checkpoint(Path(checkpoint), student, opt, step + 1, cfg)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix_str(f"loss {total:.3f}, {seen / elapsed:.0f} tok/s")
+            if checkpoint is not None and (done % cfg.save_every == 0 or done == cfg.steps):
+                save_checkpoint(Path(checkpoint), student, opt, done, cfg)
+    except KeyboardInterrupt:
+        raise _interrupted(checkpoint, student, opt, done, start, cfg) from None
     finally:
         bar.close()
         student.eval()

@@ -2,55 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
-from latprune.models import load_config, load_model, load_parent, model_identity, resolve
-from latprune.space import SearchSpace
+from latprune.files import CHECKPOINT_MARKER, MODEL_MARKER, check_out, remove_output
+from latprune.models import load_config, load_parent, load_tokenizer, model_identity
+from latprune.space import SearchSpace, check_keep
 from latprune.text import calibration_windows, heldout_windows, read_text
 
-from .checkpoint import save_compressed
-from .extract import extract
-from .importance import load_or_compute_ranking
+from .checkpoint import load_any, save_compressed
 from .quality import perplexity
-from .ranking import Ranking
+from .ranked import WINDOW, rank_model
 
-CALIBRATION_WINDOWS = 32
 EVAL_WINDOWS = 40
-WINDOW = 128
-
-
-@dataclass
-class RankedModel:
-    """A parent model with its tokenizer, search space and importance ranking."""
-
-    model: nn.Module
-    tokenizer: Any
-    space: SearchSpace
-    ranking: Ranking
-    text: str
-
-    def extract(self, arch: Architecture) -> nn.Module:
-        return extract(self.model, arch, self.ranking, self.space)
-
-
-def rank_model(model: str | Path = "default", text: str | Path | None = None,
-               windows: int = CALIBRATION_WINDOWS, progress: bool = True) -> RankedModel:
-    """Load a parent and its importance ranking on the calibration part of `text`
-    (computed once and saved beside the model)."""
-    parent, tokenizer = load_parent(model)
-    body = read_text(text)
-    calib = calibration_windows(tokenizer, body, WINDOW, windows)
-    path = resolve(model)
-    ranking = load_or_compute_ranking(parent, path if path.is_dir() else path.parent, calib, progress)
-    return RankedModel(parent, tokenizer, SearchSpace.from_config(parent.config), ranking, body)
 
 
 def compress(model: str | Path, out: str | Path, arch: Architecture | None = None, keep: float | None = None,
@@ -58,6 +25,10 @@ def compress(model: str | Path, out: str | Path, arch: Architecture | None = Non
              ) -> dict[str, Any]:
     """Extract the importance-ordered sub-network `arch` (or the one with about `keep` of the
     parameters) and save it to `out`, with held-out perplexity of parent and child."""
+    check_out(out, MODEL_MARKER, [model, text])
+    _check_windows(eval_windows)
+    if keep is not None:
+        check_keep(keep)
     if arch is not None:  # fail on a bad architecture before any weights are read
         SearchSpace.from_config(load_config(model)).validate(arch)
     ranked = rank_model(model, text, progress=progress)
@@ -78,15 +49,22 @@ def compress(model: str | Path, out: str | Path, arch: Architecture | None = Non
         "parent_perplexity": ppl_parent,
         "eval": {"windows": int(held.shape[0]), "window": WINDOW, "seconds": round(time.perf_counter() - t0, 1)},
     }
-    save_compressed(child, arch, out, ranked.model.config, ranked.tokenizer, {"quality": summary})
+    save_compressed(child, arch, out, ranked.model.config, ranked.tokenizer, {"quality": summary}, [model, text])
     return summary
+
+
+def _check_windows(windows: int) -> None:
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        raise LatpruneError(f"--windows must be a positive integer; got {windows!r}")
 
 
 def evaluate(model: str | Path, text: str | Path | None = None, windows: int = EVAL_WINDOWS,
              progress: bool = True) -> dict[str, Any]:
     """Held-out perplexity of a model (parent or compressed checkpoint)."""
-    net, tokenizer = load_parent(model)
-    held = heldout_windows(tokenizer, read_text(text), WINDOW, windows)
+    _check_windows(windows)
+    body = read_text(text)  # cheap checks first
+    net, tokenizer = load_any(model), load_tokenizer(model)
+    held = heldout_windows(tokenizer, body, WINDOW, windows)
     return {"perplexity": perplexity(net, held, progress=progress), "windows": int(held.shape[0]),
             "window": WINDOW, "parameters": sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())}
 
@@ -96,24 +74,25 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Distil a compressed checkpoint from its parent and save it to `out` (same architecture).
     Interrupted runs resume from `out`'s sibling checkpoint folder."""
-    from transformers import AutoConfig
+    from latprune.models import config_from_dict
 
     from .checkpoint import read_metadata
     from .distill import DistillConfig, distill
 
+    cfg = DistillConfig(steps=steps, lr=lr, seed=seed)  # checks the options
+    check_out(out, MODEL_MARKER, [student, teacher, text])
+    _check_windows(eval_windows)
     meta = read_metadata(student)
     arch = Architecture.from_dict(meta["architecture"])
-    parent_cfg = dict(meta["parent"]["config"])
-    parent_config = AutoConfig.for_model(parent_cfg.pop("model_type"), **parent_cfg)
-    teacher_model, tokenizer = load_parent(teacher)
-    if model_identity(teacher_model.config)["config_hash"] != meta["parent"]["config_hash"]:
+    parent_config = config_from_dict(meta["parent"]["config"])
+    if model_identity(load_config(teacher))["config_hash"] != meta["parent"]["config_hash"]:
         raise LatpruneError(f"teacher '{teacher}' is not the parent the student was cut from "
                             f"({meta['parent']['name']}); pass that model as --teacher")
-    student_model = load_model(student)
     body = read_text(text)
-    calib = calibration_windows(tokenizer, body, WINDOW, max_windows=100_000)
+    teacher_model, tokenizer = load_parent(teacher)
+    student_model = load_any(student)
+    calib = calibration_windows(tokenizer, body, WINDOW, max_windows=None)
     held = heldout_windows(tokenizer, body, WINDOW, eval_windows)
-    cfg = DistillConfig(steps=steps, lr=lr, seed=seed)
     before = perplexity(student_model, held, progress=progress)
     t0 = time.perf_counter()
     checkpoint = Path(out).with_name(Path(out).name + ".distill-checkpoint")
@@ -126,6 +105,7 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
             "parent_heldout_perplexity": perplexity(teacher_model, held, progress=progress),
             "eval": {"windows": int(held.shape[0]), "window": WINDOW}}
     kept = {k: meta[k] for k in ("quality", "search") if k in meta}
-    save_compressed(student_model, arch, out, parent_config, tokenizer, {**kept, "distill": info})
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    save_compressed(student_model, arch, out, parent_config, tokenizer, {**kept, "distill": info},
+                    [student, teacher, text])
+    remove_output(checkpoint, CHECKPOINT_MARKER)
     return info

@@ -1,16 +1,13 @@
-"""latprune: hardware-aware, latency-predictor-driven compression of causal LMs."""
+"""latprune: hardware-aware, latency-predictor-driven compression of causal LMs.
 
-import os as _os
+Importing it changes nothing in the host process's environment and imports no torch. On
+small shared CPUs, set OMP_WAIT_POLICY=PASSIVE before torch is imported (the `latprune`
+command does): OpenMP busy-waiting makes torch and xgboost 20-180x slower there.
+"""
 
-# OpenMP busy-waiting makes torch/xgboost 20-180x slower on small shared CPUs; this must be
-# set before torch is imported. Nothing here may download: force the hub offline.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-from .architecture import Architecture  # noqa: E402
-from .errors import LatpruneError  # noqa: E402
-from .space import SearchSpace  # noqa: E402
+from .architecture import Architecture
+from .errors import LatpruneError
+from .space import SearchSpace
 
 __version__ = "0.1.0"
 
@@ -18,9 +15,9 @@ __version__ = "0.1.0"
 def load_model(path):
     """Load a model: 'default', a HF directory, a .gguf file or a latprune checkpoint
     (uniform or per-layer). Returns the torch model in eval mode."""
-    from .models import load_model as _load
+    from latprune.compress.checkpoint import load_any
 
-    return _load(path)
+    return load_any(path)
 
 
 __all__ = ["Architecture", "LatpruneError", "SearchSpace", "load_model", "__version__"]

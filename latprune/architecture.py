@@ -11,6 +11,21 @@ from typing import Any
 from .errors import LatpruneError
 
 SCHEMA_VERSION = 1
+KEYS = ("layers", "heads", "kv_groups", "mlp", "hidden")
+_EXPECTED = {"layers": "a positive integer (the first N parent layers) or a list of parent layer indices",
+             "heads": "an integer or a list of integers, one per kept layer",
+             "kv_groups": "an integer or a list of integers, one per kept layer",
+             "mlp": "an integer or a list of integers, one per kept layer"}
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_ints(value: Any) -> bool:
+    """A non-empty JSON list of integers."""
+    return isinstance(value, list) and bool(value) and all(map(_is_int, value))
 
 
 def _per_layer(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -97,15 +112,29 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        """Strictly: known keys only; `layers` a positive count or a list of indices; `heads`,
+        `kv_groups`, `mlp` an integer or one per kept layer; `hidden` an integer."""
+        unknown = sorted(set(data) - {"schema_version", *KEYS})
+        if unknown:
+            raise LatpruneError(f"architecture JSON has unknown key(s) {', '.join(map(repr, unknown))}; "
+                                f"expected {', '.join(KEYS)}")
         version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise LatpruneError(f"architecture schema_version {version} is not supported (expected {SCHEMA_VERSION})")
-        missing = [k for k in ("layers", "heads", "kv_groups", "mlp", "hidden") if k not in data]
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise LatpruneError(f"architecture schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        missing = [k for k in KEYS if k not in data]
         if missing:
             raise LatpruneError(f"architecture JSON lacks {', '.join(missing)}")
         layers = data["layers"]
-        if isinstance(layers, int):
+        if _is_int(layers):
+            if layers < 1:
+                raise LatpruneError(f"architecture: 'layers' must be at least 1; got {layers}")
             layers = list(range(layers))
+        for key, value in (("layers", layers), ("heads", data["heads"]), ("kv_groups", data["kv_groups"]),
+                           ("mlp", data["mlp"])):
+            if not (_is_ints(value) or (key != "layers" and _is_int(value))):
+                raise LatpruneError(f"architecture: '{key}' must be {_EXPECTED[key]}; got {data[key]!r}")
+        if not _is_int(data["hidden"]):
+            raise LatpruneError(f"architecture: 'hidden' must be an integer; got {data['hidden']!r}")
         return cls.per_layer(layers, data["heads"], data["kv_groups"], data["mlp"], data["hidden"])
 
     def to_json(self) -> str:
@@ -114,8 +143,8 @@ class Architecture:
     @classmethod
     def from_json(cls, text: str) -> Architecture:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError) as exc:
             raise LatpruneError(f"architecture is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise LatpruneError("architecture JSON must be an object with layers/heads/kv_groups/mlp/hidden")
@@ -134,3 +163,7 @@ class Architecture:
                 f"mlp={self.mlp[0]} hidden={self.hidden}"
             )
         return f"L={self.num_layers} per-layer hidden={self.hidden}"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number an architecture can have")

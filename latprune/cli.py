@@ -1,13 +1,24 @@
-"""The `latprune` command line: parses arguments and calls the Python API, nothing more."""
+"""The `latprune` command line: parses and checks arguments, calls the Python API, nothing more."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
+import os
 
-from .errors import LatpruneError
+# The command sets its process's environment before anything imports torch: OpenMP
+# busy-waiting makes torch/xgboost 20-180x slower on small shared CPUs, and nothing may
+# download at run time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .errors import LatpruneError  # noqa: E402
+from .workload import METRICS  # noqa: E402
 
 MODEL_HELP = "'default', a Hugging Face model directory, a .gguf file or a latprune output directory"
 
@@ -18,7 +29,10 @@ def _read_arch(path: str):
     p = Path(path)
     if not p.is_file():
         raise LatpruneError(f"architecture file '{path}' does not exist")
-    return Architecture.from_json(p.read_text())
+    try:
+        return Architecture.from_json(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LatpruneError(f"architecture file '{path}' is not UTF-8 JSON") from None
 
 
 def _print_json(data) -> None:
@@ -40,8 +54,7 @@ def cmd_compress(args) -> int:
     if args.arch and args.keep is not None:
         raise LatpruneError("pass either --arch or --keep, not both")
     arch = _read_arch(args.arch) if args.arch else None
-    summary = compress(args.model, args.out, arch=arch, keep=args.keep, text=args.text,
-                       eval_windows=args.windows)
+    summary = compress(args.model, args.out, arch=arch, keep=args.keep, text=args.text, eval_windows=args.windows)
     print(f"wrote {args.out}: {summary['parameters']:,} of {summary['parent_parameters']:,} parameters "
           f"({summary['parameters'] / summary['parent_parameters']:.0%}), held-out perplexity "
           f"{summary['perplexity']:.2f} (parent {summary['parent_perplexity']:.2f})")
@@ -51,7 +64,7 @@ def cmd_compress(args) -> int:
 def cmd_eval(args) -> int:
     from latprune.compress.workflow import evaluate
 
-    result = evaluate(args.model, args.text, args.windows)
+    result = evaluate(args.model, text=args.text, windows=args.windows)
     print(f"{args.model}: held-out perplexity {result['perplexity']:.3f} over {result['windows']} windows of "
           f"{result['window']} tokens; {result['parameters']:,} parameters")
     return 0
@@ -72,8 +85,8 @@ def cmd_profile(args) -> int:
 
     from .workload import Workload
 
-    out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), args.out, args.seed,
-                  args.devices_file, args.keep_onnx)
+    out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), out=args.out, seed=args.seed,
+                  devices_file=args.devices_file, keep_onnx=args.keep_onnx)
     print(f"wrote {out}")
     return 0
 
@@ -81,9 +94,9 @@ def cmd_profile(args) -> int:
 def cmd_fit(args) -> int:
     from latprune.predictors.predictor import fit_profile
 
-    predictor, out = fit_profile(args.profile, args.out, args.model, args.seed)
+    predictor, out = fit_profile(args.profile, args.out, kind=args.kind, seed=args.seed)
     rows = predictor.meta["rows"]
-    print(f"{args.model} predictor for device '{predictor.meta['device']}' on {rows['used']} rows "
+    print(f"{args.kind} predictor for device '{predictor.meta['device']}' on {rows['used']} rows "
           f"({rows['failed']} failed and {rows['drift_flagged']} drift-flagged rows excluded)")
     print(predictor.accuracy_table())
     print(f"wrote {out}")
@@ -105,16 +118,25 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _search_options(args, latency_ms: float | None):
+    from latprune.search.options import SearchOptions
+
+    return SearchOptions(latency_ms=latency_ms, metric=args.metric, safety_margin=getattr(args, "margin", 0.0),
+                         evaluations=args.evaluations, strategy=getattr(args, "strategy", "nas"),
+                         optimizer=getattr(args, "optimizer", None) or _default_optimizer(), seed=args.seed,
+                         finalists=getattr(args, "finalists", 3), pareto=getattr(args, "pareto", 0),
+                         distill_steps=getattr(args, "distill_steps", 0))
+
+
 def cmd_search(args) -> int:
-    from latprune.search.workflow import SearchOptions, search
+    from latprune.search.workflow import search
 
     from .workload import Workload
 
-    opts = SearchOptions(args.latency_ms, args.metric, args.margin, args.budget, args.strategy, args.optimizer,
-                         args.seed, args.finalists, args.pareto)
-    summary = search(args.model, args.device, opts, args.out, args.predictor, args.text,
-                     Workload.parse(args.workload) if args.workload else None, args.devices_file,
-                     args.allow_mismatch, distill_steps=args.distill_steps)
+    opts = _search_options(args, args.latency_ms)  # every option checked before any work
+    workload = Workload.parse(args.workload) if args.workload else None
+    summary = search(args.model, args.device, opts, args.out, predictor=args.predictor, text=args.text,
+                     workload=workload, devices_file=args.devices_file, allow_mismatch=args.allow_mismatch)
     if summary.get("parent_is_answer"):
         print(f"latprune: {summary['message']}")
         return 0
@@ -136,8 +158,8 @@ def _print_winner(summary: dict, out) -> None:
 def cmd_run(args) -> int:
     from latprune.search.pipeline import run_pipeline
 
-    summary = run_pipeline(args.model, args.device, args.latency_ms, args.metric, args.samples, args.budget,
-                           args.out, args.seed)
+    summary = run_pipeline(args.model, args.device, _search_options(args, args.latency_ms), samples=args.samples,
+                           out=args.out)
     if summary.get("parent_is_answer"):
         return 0
     _print_winner(summary, args.out)
@@ -149,7 +171,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from latprune.search.report import build_report
 
-    md, html = build_report(args.dir, args.predictor, args.out)
+    md, html = build_report(args.dir, predictor_dir=args.predictor, out=args.out)
     print(f"wrote {md} and {html}")
     return 0
 
@@ -157,7 +179,8 @@ def cmd_report(args) -> int:
 def cmd_distill(args) -> int:
     from latprune.compress.workflow import distill_model
 
-    info = distill_model(args.student, args.teacher, args.out, args.steps, args.text, lr=args.lr, seed=args.seed)
+    info = distill_model(args.student, args.teacher, args.out, steps=args.steps, text=args.text, lr=args.lr,
+                         seed=args.seed)
     print(f"distilled {args.steps} steps ({info['tokens']:,} tokens, {info['seconds_this_run']:.0f} s): held-out "
           f"perplexity {info['heldout_perplexity_before']:.2f} -> {info['heldout_perplexity_after']:.2f} "
           f"(parent {info['parent_heldout_perplexity']:.2f}); wrote {args.out}")
@@ -165,148 +188,194 @@ def cmd_distill(args) -> int:
 
 
 # ---- parser --------------------------------------------------------------------
+def _default_optimizer() -> str:
+    from latprune.search.options import DEFAULT_OPTIMIZER
+
+    return DEFAULT_OPTIMIZER
+
+
+def _integer(lowest: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lowest}, got '{text}'") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(lowest: float, highest: float = math.inf, strict: bool = True):
+    """A finite float > lowest (>= when not strict) and < highest."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > lowest if strict else value >= lowest) and value < highest):
+            bound = f"{'>' if strict else '>='} {lowest:g}" + (f" and < {highest:g}" if highest < math.inf else "")
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got '{text}'")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end in one line, `latprune: error: ...`, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"latprune: error: {message} (see '{self.prog} --help')\n")
+
+
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help=f"{MODEL_HELP} (default: the embedded SmolLM2-135M)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="latprune",
-        description="Compress a causal LM to a latency budget on a device.",
-        epilog="Run 'latprune COMMAND --help' for the options and an example of each command.",
-    )
+def _metric_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", default="decode_ms", choices=METRICS,
+                   help="decode_ms (per generated token; default), prefill_ms or e2e_ms")
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    from latprune.search.options import STRATEGIES
+
+    p.add_argument("--evaluations", type=_integer(1), default=60, help="perplexity evaluations (default 60)")
+    p.add_argument("--margin", type=_number(0, 1, strict=False), default=0.0,
+                   help="safety margin: predicted upper bound <= budget x (1 - margin)")
+    p.add_argument("--strategy", default="nas", choices=STRATEGIES, help="nas (default), random, uniform or layers")
+    p.add_argument("--optimizer", help="nevergrad optimizer for --strategy nas (default chosen in "
+                                       "benchmarks/optimizer_choice.py: PortfolioDiscreteOnePlusOne)")
+    p.add_argument("--finalists", type=_integer(1), default=3, help="top candidates timed on the device")
+    p.add_argument("--pareto", type=_integer(0), default=0, help="also report K points of the perplexity/latency "
+                                                                  "front")
+
+
+def _subparsers(parser: argparse.ArgumentParser):
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("space", help="print the search space of a model", formatter_class=fmt,
-                       epilog="example:\n  latprune space --model default")
+    def add(name: str, func, help: str, epilog: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, formatter_class=fmt, epilog=epilog)
+        p.set_defaults(func=func)
+        return p
+
+    return add
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="latprune", description="Compress a causal LM to a latency budget on a device.",
+                     epilog="Run 'latprune COMMAND --help' for the options and an example of each command.")
+    add = _subparsers(parser)
+    seed = dict(type=_integer(0), default=0, help="random seed (>= 0)")
+    windows = dict(type=_integer(1), default=40, help="held-out windows of 128 tokens to evaluate (default 40)")
+
+    p = add("space", cmd_space, "print the search space of a model", "example:\n  latprune space --model default")
     _model_arg(p)
-    p.set_defaults(func=cmd_space)
 
-    p = sub.add_parser("compress", help="extract an importance-ordered sub-network and save it",
-                       formatter_class=fmt,
-                       epilog="examples:\n  latprune compress --model default --keep 0.6 --out out/smol60\n"
-                              "  latprune compress --model default --arch arch.json --out out/mine\n"
-                              'arch.json: {"layers": 20, "heads": 6, "kv_groups": 2, "mlp": 1024, "hidden": 576}')
+    p = add("compress", cmd_compress, "extract an importance-ordered sub-network and save it",
+            "examples:\n  latprune compress --model default --keep 0.6 --out out/smol60\n"
+            "  latprune compress --model default --arch arch.json --out out/mine\n"
+            'arch.json: {"layers": 20, "heads": 6, "kv_groups": 2, "mlp": 1024, "hidden": 576}\n'
+            "--out is replaced only when latprune wrote it; other directories are refused.")
     _model_arg(p)
     p.add_argument("--arch", help="architecture JSON file (layers may be a count or a list of parent indices)")
-    p.add_argument("--keep", type=float, help="fraction of parameters to keep (default 0.6 when no --arch)")
+    p.add_argument("--keep", type=float, help="fraction of parameters to keep, in (0, 1] (default 0.6 when no --arch)")
     p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint)")
     p.add_argument("--text", help="UTF-8 text file for calibration and evaluation (default: pydoc topics)")
-    p.add_argument("--windows", type=int, default=40, help="held-out windows of 128 tokens to evaluate")
-    p.set_defaults(func=cmd_compress)
+    p.add_argument("--windows", **windows)
 
-    p = sub.add_parser("eval", help="held-out perplexity of a model", formatter_class=fmt,
-                       epilog="examples:\n  latprune eval --model default\n  latprune eval --model out/smol60 "
-                              "--text my_corpus.txt")
+    p = add("eval", cmd_eval, "held-out perplexity of a model",
+            "examples:\n  latprune eval --model default\n  latprune eval --model out/smol60 --text my_corpus.txt")
     _model_arg(p)
     p.add_argument("--text", help="UTF-8 text file (its held-out part is used; default: pydoc topics)")
-    p.add_argument("--windows", type=int, default=40, help="held-out windows of 128 tokens")
-    p.set_defaults(func=cmd_eval)
+    p.add_argument("--windows", **windows)
 
-    p = sub.add_parser("devices", help="list devices and whether they are usable here", formatter_class=fmt,
-                       epilog="example:\n  latprune devices --devices-file my_devices.toml")
+    p = add("devices", cmd_devices, "list devices and whether they are usable here",
+            "example:\n  latprune devices --devices-file my_devices.toml")
     p.add_argument("--devices-file",
                    help="TOML file with [devices.NAME] tables (default ~/.config/latprune/devices.toml)")
-    p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("profile", help="measure ONNX Runtime latency of sampled sub-architectures on a device",
-                       formatter_class=fmt,
-                       epilog="examples:\n  latprune profile --device cpu --model default --samples 40\n"
-                              "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
-                              "Rerunning the same command resumes: finished samples are kept and skipped.")
+    p = add("profile", cmd_profile, "measure ONNX Runtime latency of sampled sub-architectures on a device",
+            "examples:\n  latprune profile --device cpu --model default --samples 40\n"
+            "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
+            "Rerunning the same command resumes: finished samples are kept and skipped.\n"
+            "One process at a time per file: a second is refused (it would lose rows and disturb the timings).")
     p.add_argument("--device", default="cpu", help="cpu, a100, jetson or a device of --devices-file")
     _model_arg(p)
-    p.add_argument("--samples", type=int, default=40, help="number of sampled architectures (default 40)")
+    p.add_argument("--samples", type=_integer(1), default=40, help="number of sampled architectures (default 40)")
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (the default)")
     p.add_argument("--out", help="Parquet file (default profiles/DEVICE.parquet); appended to, resumable")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", **seed)
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
-    p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("fit", help="fit per-device latency predictors on a profile", formatter_class=fmt,
-                       epilog="examples:\n  latprune fit profiles/cpu.parquet\n"
-                              "  latprune fit profiles/cpu.parquet --model roofline --out out/predictors/cpu-roofline")
+    p = add("fit", cmd_fit, "fit per-device latency predictors on a profile",
+            "examples:\n  latprune fit profiles/cpu.parquet\n"
+            "  latprune fit profiles/cpu.parquet --kind roofline --out out/predictors/cpu-roofline")
     p.add_argument("profile", help="Parquet file written by 'latprune profile'")
     p.add_argument("--out", help="predictor directory (default out/predictors/DEVICE)")
-    p.add_argument("--model", default="xgboost", choices=["xgboost", "roofline", "mlp"], help="surrogate kind")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_fit)
+    p.add_argument("--kind", default="xgboost", choices=["xgboost", "roofline", "mlp"], help="surrogate kind")
+    p.add_argument("--seed", **seed)
 
-    p = sub.add_parser("predict", help="predicted latency of an architecture", formatter_class=fmt,
-                       epilog="example:\n  latprune predict --predictor out/predictors/cpu --arch arch.json")
+    p = add("predict", cmd_predict, "predicted latency of an architecture",
+            "example:\n  latprune predict --predictor out/predictors/cpu --arch arch.json")
     p.add_argument("--predictor", required=True, help="directory written by 'latprune fit'")
-    p.add_argument("--arch", required=True, help="architecture JSON file")
+    p.add_argument("--arch", required=True, help="architecture JSON file (uniform widths)")
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the profiled one)")
     p.add_argument("--allow-mismatch", action="store_true", help="use the predictor outside its range, with a warning")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("search", help="best sub-network under a latency budget, verified on the device",
-                       formatter_class=fmt,
-                       epilog="examples:\n  latprune search --device cpu --latency-ms 12\n"
-                              "  latprune search --device cpu --latency-ms 60 --metric prefill_ms --pareto 5\n"
-                              "  latprune search --device cpu --latency-ms 12 --strategy uniform --out out/uniform\n"
-                              "Needs a predictor (latprune profile + latprune fit) for the device.")
+    p = add("search", cmd_search, "best sub-network under a latency budget, verified on the device",
+            "examples:\n  latprune search --device cpu --latency-ms 12\n"
+            "  latprune search --device cpu --latency-ms 60 --metric prefill_ms --pareto 5\n"
+            "  latprune search --device cpu --latency-ms 12 --strategy uniform --out out/uniform\n"
+            "Needs a predictor (latprune profile + latprune fit) for the device.")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--latency-ms", type=float, required=True, help="latency budget of --metric, in ms")
-    p.add_argument("--metric", default="decode_ms", help="decode_ms (per generated token; default), prefill_ms "
-                                                          "or e2e_ms")
+    p.add_argument("--latency-ms", type=_number(0), required=True, help="latency budget of --metric, in ms")
+    _metric_arg(p)
     _model_arg(p)
     p.add_argument("--predictor", help="predictor directory (default out/predictors/DEVICE)")
-    p.add_argument("--budget", type=int, default=60, help="perplexity evaluations (default 60)")
-    p.add_argument("--margin", type=float, default=0.0, help="safety margin: predicted upper bound <= "
-                                                             "budget x (1 - margin)")
-    p.add_argument("--strategy", default="nas", help="nas (default), random, uniform or layers")
-    p.add_argument("--optimizer", default="PortfolioDiscreteOnePlusOne",
-                   help="nevergrad optimizer for --strategy nas (default chosen in benchmarks/optimizer_choice.py)")
-    p.add_argument("--finalists", type=int, default=3, help="top candidates timed on the device")
-    p.add_argument("--pareto", type=int, default=0, help="also report K points of the perplexity/latency front")
+    _search_args(p)
     p.add_argument("--out", default="out/search", help="output directory (default out/search)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", **seed)
     p.add_argument("--text", help="UTF-8 text file for calibration and evaluation")
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the predictor's)")
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--allow-mismatch", action="store_true", help="use a predictor of another device/model")
-    p.add_argument("--distill-steps", type=int, default=0, help="distil the winner from the parent for N steps")
-    p.set_defaults(func=cmd_search)
+    p.add_argument("--distill-steps", type=_integer(0), default=0, help="distil the winner from the parent for N "
+                                                                         "steps")
 
-    p = sub.add_parser("run", help="the whole pipeline: profile, fit, search, verify, export, report",
-                       formatter_class=fmt,
-                       epilog="examples:\n  latprune run                       # default model, this CPU, budget = 60% "
-                              "of the parent's measured decode_ms\n"
-                              "  latprune run --device cpu --latency-ms 12 --samples 80")
+    p = add("run", cmd_run, "the whole pipeline: profile, fit, search, verify, export, report",
+            "examples:\n  latprune run                       # default model, this CPU, budget = 60% "
+            "of the parent's measured decode_ms\n  latprune run --device cpu --latency-ms 12 --samples 80")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--latency-ms", type=float, help="budget (default: 60%% of the parent's measured latency)")
-    p.add_argument("--metric", default="decode_ms", help="decode_ms (default), prefill_ms or e2e_ms")
+    p.add_argument("--latency-ms", type=_number(0), help="budget (default: 60%% of the parent's measured latency)")
+    _metric_arg(p)
     _model_arg(p)
-    p.add_argument("--samples", type=int, default=40, help="profiled architectures (default 40)")
-    p.add_argument("--budget", type=int, default=60, help="perplexity evaluations in the search (default 60)")
+    p.add_argument("--samples", type=_integer(1), default=40, help="profiled architectures (default 40)")
+    p.add_argument("--evaluations", type=_integer(1), default=60, help="perplexity evaluations in the search "
+                                                                        "(default 60)")
     p.add_argument("--out", default="out/run")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--seed", **seed)
 
-    p = sub.add_parser("report", help="Markdown + HTML report of a search output directory", formatter_class=fmt,
-                       epilog="example:\n  latprune report out/run --predictor out/predictors/cpu")
+    p = add("report", cmd_report, "Markdown + HTML report of a search output directory",
+            "example:\n  latprune report out/run --predictor out/predictors/cpu")
     p.add_argument("dir", help="output directory of 'latprune search' or 'latprune run'")
     p.add_argument("--predictor", help="predictor directory, for its accuracy table")
     p.add_argument("--out", help="report path (default DIR/report.md; report.html beside it)")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("distill", help="recover quality of a compressed model by distilling from its parent",
-                       formatter_class=fmt,
-                       epilog="example:\n  latprune distill --student out/run/model --teacher default --steps 200 "
-                              "--out out/run/model-distilled\nInterrupted runs resume when rerun with the same "
-                              "options.")
+    p = add("distill", cmd_distill, "recover quality of a compressed model by distilling from its parent",
+            "example:\n  latprune distill --student out/run/model --teacher default --steps 200 "
+            "--out out/run/model-distilled\nInterrupted runs resume when rerun with the same options.")
     p.add_argument("--student", required=True, help="a latprune output model directory")
     p.add_argument("--teacher", default="default", help="its parent: 'default' or a model directory")
-    p.add_argument("--steps", type=int, default=200,
+    p.add_argument("--steps", type=_integer(1), default=200,
                    help="optimizer steps, each 4 x 2 windows of 128 tokens (~6 s a step for SmolLM2 on 2 CPU cores)")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=_number(0), default=2e-4)
     p.add_argument("--text", help="UTF-8 text file (calibration part is used for training)")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_distill)
+    p.add_argument("--seed", **seed)
     return parser
 
 
@@ -317,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     except LatpruneError as exc:
         print(f"latprune: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("latprune: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        said = str(exc) or ("nothing half-written was left; rerun the same command (profiles resume where they "
+                            "stopped)")
+        print(f"latprune: interrupted; {said}", file=sys.stderr)
         return 130
 
 

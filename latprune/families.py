@@ -10,10 +10,12 @@ Three structural kinds cover the supported `model_type`s:
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import LatpruneError
+
+if TYPE_CHECKING:  # torch is imported by whoever passes modules in, not by `import latprune`
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class Family:
         return body.h if self.kind == "gpt2" else body.layers
 
     def set_layers(self, model: nn.Module, layers: list[nn.Module]) -> None:
+        from torch import nn
+
         setattr(self.body(model), "h" if self.kind == "gpt2" else "layers", nn.ModuleList(layers))
 
     def embeddings(self, model: nn.Module) -> list[nn.Embedding]:

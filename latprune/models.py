@@ -11,8 +11,12 @@ import os
 from pathlib import Path
 
 from .errors import LatpruneError
-from .files import atomic_dir
+from .files import CACHE_MARKER, atomic_dir
 
+# Every Hugging Face load: local files only, and never code shipped with a model directory.
+LOCAL = {"local_files_only": True, "trust_remote_code": False}
+# What a damaged model file or directory raises inside transformers/gguf/safetensors.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, EOFError, RuntimeError)
 DEFAULT = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -46,11 +50,11 @@ def default_model_dir() -> Path:
     gguf = default_gguf()
     print(f"latprune: converting the default model {DEFAULT_NAME} from GGUF once into {target} ...", flush=True)
     model, tokenizer = _load_gguf(gguf)
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, CACHE_MARKER) as tmp:
         model.config.name_or_path = DEFAULT_NAME
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "latprune_source.json").write_text(json.dumps({"source": str(gguf), "name": DEFAULT_NAME}))
+        (tmp / CACHE_MARKER).write_text(json.dumps({"source": str(gguf), "name": DEFAULT_NAME}))
     return target
 
 
@@ -60,8 +64,8 @@ def _load_gguf(path: Path):
 
     hf_logging.set_verbosity_error()  # the GGUF tokenizer's 'legacy behaviour' notice is noise here
 
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **LOCAL)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **LOCAL)
     return model, tokenizer
 
 
@@ -81,6 +85,12 @@ def resolve(spec: str | Path) -> Path:
     return path
 
 
+def _unusable(spec, what: str, exc: Exception) -> LatpruneError:
+    detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return LatpruneError(f"model '{spec}': {what} ({type(exc).__name__}{': ' + detail if detail else ''}); "
+                         "pass --model default, a Hugging Face model directory or a .gguf file")
+
+
 def load_config(spec: str | Path):
     """The HF config of a model (checks the family before any weights are read)."""
     from transformers import AutoConfig
@@ -88,12 +98,23 @@ def load_config(spec: str | Path):
     from .families import family_of
 
     path = resolve(spec)
-    if path.is_file():
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    else:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        if path.is_file():
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, **LOCAL)
+        else:
+            config = AutoConfig.from_pretrained(path, **LOCAL)
+    except LOAD_ERRORS as exc:
+        raise _unusable(spec, "its config cannot be read", exc) from None
     family_of(config)
     return config
+
+
+def config_from_dict(data: dict):
+    """A HF config rebuilt from its `to_dict()` (as stored in latprune's files)."""
+    from transformers import AutoConfig
+
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
 def load_tokenizer(spec: str | Path):
@@ -102,28 +123,27 @@ def load_tokenizer(spec: str | Path):
     path = resolve(spec)
     try:
         if path.is_file():
-            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, AttributeError) as exc:
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **LOCAL)
+        return AutoTokenizer.from_pretrained(path, **LOCAL)
+    except LOAD_ERRORS as exc:
         raise LatpruneError(f"model '{spec}' has no usable tokenizer ({type(exc).__name__}); "
                             "save the tokenizer next to the weights") from None
 
 
 def load_model(spec: str | Path):
-    """A model in float32 eval mode: 'default', a HF directory, a .gguf file, or a latprune
-    checkpoint (per-layer architectures are rebuilt from their metadata)."""
+    """A parent model in float32 eval mode: 'default', a HF directory or a .gguf file
+    (latprune checkpoints of any shape: `latprune.load_model`)."""
     from transformers import AutoModelForCausalLM
 
     load_config(spec)
     path = resolve(spec)
-    if path.is_file():
-        model = _load_gguf(path)[0]
-    elif (path / "latprune.json").is_file():
-        from latprune.compress.checkpoint import load_compressed
-
-        model = load_compressed(path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
+    try:
+        if path.is_file():
+            model = _load_gguf(path)[0]
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", **LOCAL)
+    except LOAD_ERRORS as exc:
+        raise _unusable(spec, "its weights cannot be loaded", exc) from None
     return model.eval()
 
 

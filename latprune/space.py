@@ -22,6 +22,12 @@ def width_step(full: int, min_choices: int = 8) -> int:
     return 1
 
 
+def check_keep(keep: float) -> None:
+    """`--keep` is a fraction of the parameters in (0, 1]."""
+    if not 0.0 < keep <= 1.0:
+        raise LatpruneError(f"--keep must be in (0, 1]; got {keep}")
+
+
 KEEP_RECIPE = {"mlp": 1.0, "layers": 0.5}  # `scaled`: MLP width x f, layer count x sqrt(f)
 
 
@@ -203,8 +209,7 @@ class SearchSpace:
         without a search: the MLP width shrinks by a factor f and the layer count by sqrt(f);
         heads and hidden size are kept (on SmolLM2 without retraining, cutting them costs the
         most perplexity per parameter)."""
-        if not 0.0 < keep <= 1.0:
-            raise LatpruneError(f"--keep must be in (0, 1]; got {keep}")
+        check_keep(keep)
         target = keep * self.num_params(self.largest())
 
         def at(f: float) -> Architecture:

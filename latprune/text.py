@@ -16,6 +16,7 @@ import torch
 from .errors import LatpruneError
 
 HELDOUT_EVERY = 5
+PROSE_SHARE = 0.98  # at least this share of a text's characters is printable
 
 
 def default_text() -> str:
@@ -32,7 +33,15 @@ def read_text(path: str | Path | None) -> str:
     p = Path(path)
     if not p.is_file():
         raise LatpruneError(f"text file '{path}' does not exist; pass a UTF-8 text file or omit --text")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LatpruneError(f"text file '{path}' is not UTF-8 text (byte {exc.start} cannot be decoded); "
+                            "pass a UTF-8 text file") from None
+    printable = sum(ch.isprintable() or ch in "\n\t\r" for ch in text)
+    if printable < PROSE_SHARE * len(text):
+        raise LatpruneError(f"text file '{path}' does not look like text ({1 - printable / len(text):.0%} of its "
+                            "characters are control characters); pass a UTF-8 text file")
     if len(text.split()) < 200:
         raise LatpruneError(f"text file '{path}' is too short ({len(text.split())} words); give at least a few pages")
     return text
@@ -49,12 +58,15 @@ def split_text(text: str) -> tuple[str, str]:
     return "\n\n".join(calib), "\n\n".join(held)
 
 
-def token_windows(tokenizer, text: str, window: int = 128, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows of `window` tokens, shape [n, window]."""
+def token_windows(tokenizer, text: str, window: int = 128, max_windows: int | None = None,
+                  part: str = "text") -> torch.Tensor:
+    """Non-overlapping windows of `window` tokens, shape [n, window]: `max_windows` evenly
+    spaced ones (refused when the text has fewer), or all of them when None."""
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     n = len(ids) // window
-    if n == 0:
-        raise LatpruneError(f"text has {len(ids)} tokens, fewer than one window of {window}")
+    if n == 0 or (max_windows is not None and n < max_windows):
+        raise LatpruneError(f"the {part} has {len(ids):,} tokens: {n} windows of {window}, fewer than the "
+                            f"{max_windows or 1} asked for; give a longer text (or fewer --windows)")
     windows = torch.tensor(ids[: n * window], dtype=torch.long).view(n, window)
     if max_windows is not None and n > max_windows:
         pick = torch.linspace(0, n - 1, max_windows).round().long()
@@ -62,11 +74,15 @@ def token_windows(tokenizer, text: str, window: int = 128, max_windows: int | No
     return windows
 
 
-def calibration_windows(tokenizer, text: str | None = None, window: int = 128, max_windows: int = 32) -> torch.Tensor:
-    """Windows of the calibration part of `text` (default text when None)."""
-    return token_windows(tokenizer, split_text(text or default_text())[0], window, max_windows)
+def calibration_windows(tokenizer, text: str | None = None, window: int = 128,
+                        max_windows: int | None = 32) -> torch.Tensor:
+    """Windows of the calibration part of `text` (default text when None; all when
+    `max_windows` is None)."""
+    return token_windows(tokenizer, split_text(text or default_text())[0], window, max_windows,
+                         "calibration part of the text")
 
 
 def heldout_windows(tokenizer, text: str | None = None, window: int = 128, max_windows: int = 40) -> torch.Tensor:
     """Windows of the held-out part of `text` (default text when None)."""
-    return token_windows(tokenizer, split_text(text or default_text())[1], window, max_windows)
+    return token_windows(tokenizer, split_text(text or default_text())[1], window, max_windows,
+                         "held-out part of the text (every 5th paragraph)")

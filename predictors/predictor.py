@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ import pandas as pd
 
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
-from latprune.files import atomic_dir
+from latprune.files import PREDICTOR_MARKER, atomic_dir, check_out
+from latprune.models import config_from_dict
+from latprune.profiling.dataset import read_profile, reference_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
@@ -26,51 +28,77 @@ from .accuracy import accuracy, format_table
 from .features import FEATURE_SCHEMA, FEATURES, arch_columns, features
 from .surrogates import SURROGATES
 
-PREDICTOR_VERSION = 1
+PREDICTOR_VERSION = 2  # 2: the surrogates' under-prediction widening is named cv_under
 METRICS = ("prefill_ms", "decode_ms")
 MIN_ROWS = 12
 
 
 def _parent_space(config_json: str) -> tuple[SearchSpace, Any]:
-    from transformers import AutoConfig
-
-    data = json.loads(config_json)
-    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    config = config_from_dict(json.loads(config_json))
     return SearchSpace.from_config(config), config
-
-
-def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Measured sample rows, without failed and drift-flagged ones (counted)."""
-    if frame.empty:
-        raise LatpruneError("the profile has no rows; run 'latprune profile' first")
-    samples = frame[frame.role == "sample"]
-    failed = samples.status != "ok"
-    drifted = (~failed) & samples.drift_flag.astype(bool)
-    counts = {"sample_rows": int(len(samples)), "failed": int(failed.sum()), "drift_flagged": int(drifted.sum())}
-    ok = samples[~failed & ~drifted]
-    counts["used"] = int(len(ok))
-    return ok, counts
-
-
-def reference_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per workload: the parent shape at the profile's baseline (every usable
-    reference row records it; the median guards against a mixed file). The baseline is the
-    scale every paired sample is measured on, and the largest architecture is where tree
-    models extrapolate worst."""
-    refs = frame[(frame.role == "reference") & (frame.status == "ok") & ~frame.drift_flag.astype(bool)]
-    if refs.empty:
-        return refs
-    rows = []
-    for _, group in refs.groupby("workload"):
-        row = group.iloc[[0]].copy()
-        for metric in (*METRICS, "e2e_ms"):
-            row[metric] = float(group[metric].median())
-        rows.append(row)
-    return pd.concat(rows)
 
 
 def _split_folds(n: int, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
     return np.array_split(rng.permutation(n), folds)
+
+
+def _training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """Usable sample rows plus one reference row per workload; their counts; the references."""
+    rows, counts = usable_rows(frame)
+    refs = reference_rows(frame)
+    counts["reference_median_rows"] = int(len(refs))
+    rows = pd.concat([rows, refs], ignore_index=True)
+    for column in ("device", "model_hash", "dtype"):
+        if rows[column].nunique() > 1:
+            raise LatpruneError(f"the profile mixes several {column}s ({sorted(rows[column].unique())}); "
+                                "fit one device and model at a time")
+    if len(rows) < MIN_ROWS:
+        raise LatpruneError(f"only {len(rows)} usable rows ({counts}); a predictor needs at least {MIN_ROWS}: "
+                            "profile more samples")
+    return rows, counts, refs
+
+
+def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: tuple[np.ndarray, np.ndarray],
+                folds: int, rng: np.random.Generator) -> tuple[Any, dict]:
+    """The surrogate of one metric fitted on every row, widened by its cross-validated
+    under-prediction; with its k-fold CV and held-out accuracy."""
+    train, hold = split
+    oof = np.empty(len(train))
+    for fold in _split_folds(len(train), folds, rng):
+        rest = np.setdiff1d(np.arange(len(train)), fold)
+        model = SURROGATES[kind](metric).fit(f.iloc[train[rest]], y[train[rest]])
+        oof[fold] = model.predict_all(f.iloc[train[fold]])
+    held_pred = SURROGATES[kind](metric).fit(f.iloc[train], y[train]).predict_all(f.iloc[hold])
+    acc = {f"{folds}-fold CV": accuracy(y[train], oof), "held-out": accuracy(y[hold], held_pred)}
+    final = SURROGATES[kind](metric).fit(f, y)
+    under = y[train] / oof - 1  # > 0: the prediction was too low
+    final.cv_under = float(max(0.0, np.quantile(under, 0.9)))
+    return final, acc
+
+
+def _metadata(first: pd.Series, rows: pd.DataFrame, counts: dict, refs: pd.DataFrame, kind: str, acc: dict,
+              seed: int) -> dict[str, Any]:
+    return {
+        "latprune_predictor_version": PREDICTOR_VERSION,
+        "kind": kind,
+        "device": first.device,
+        "dtype": first["dtype"],
+        "device_json": json.loads(first.device_json),
+        "host": json.loads(first.host_json),
+        "model": {"name": first.model_name, "config_hash": first.model_hash, "model_type": first.model_type},
+        "parent_config_json": first.parent_config_json,
+        "workload_range": {k: [int(rows[k].min()), int(rows[k].max())] for k in ("batch", "prompt", "generate")},
+        "metrics": list(METRICS),
+        "feature_schema": FEATURE_SCHEMA,
+        "features": FEATURES,
+        "rows": counts,
+        # the scale of every paired row: the parent's latency at the profile's calibration
+        "baseline_ms": {str(r.workload): {m: float(r[m]) for m in METRICS} for _, r in refs.iterrows()},
+        "accuracy": acc,
+        "seed": seed,
+        "versions": json.loads(first.versions_json),
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 class Predictor:
@@ -83,65 +111,23 @@ class Predictor:
     @classmethod
     def fit(cls, frame: pd.DataFrame, kind: str = "xgboost", seed: int = 0, folds: int = 5,
             holdout: float = 0.2) -> Predictor:
-        """Fit on a profile's usable sample rows plus the parent's median reference timing;
-        accuracy from k-fold CV and a held-out split."""
+        """Fit on a profile's usable sample rows plus the parent's reference timing at the
+        profile's baseline; accuracy from k-fold CV and a held-out split."""
         if kind not in SURROGATES:
-            raise LatpruneError(f"unknown predictor model '{kind}'; choose from {', '.join(SURROGATES)}")
-        rows, counts = usable_rows(frame)
-        refs = reference_rows(frame)
-        counts["reference_median_rows"] = int(len(refs))
-        rows = pd.concat([rows, refs], ignore_index=True)
-        for column in ("device", "model_hash", "dtype"):
-            if rows[column].nunique() > 1:
-                raise LatpruneError(f"the profile mixes several {column}s ({sorted(rows[column].unique())}); "
-                                    "fit one device and model at a time")
-        if len(rows) < MIN_ROWS:
-            raise LatpruneError(f"only {len(rows)} usable rows ({counts}); a predictor needs at least {MIN_ROWS}: "
-                                "profile more samples")
+            raise LatpruneError(f"unknown predictor kind '{kind}'; choose from {', '.join(SURROGATES)}")
+        rows, counts, refs = _training_rows(frame)
         first = rows.iloc[0]
         space, _ = _parent_space(first.parent_config_json)
         f = features(space, rows, first["dtype"])
         rng = np.random.default_rng(seed)
-        n_hold = max(3, int(round(holdout * len(rows))))
         perm = rng.permutation(len(rows))
-        hold, train = perm[:n_hold], perm[n_hold:]
+        n_hold = max(3, int(round(holdout * len(rows))))
+        split = (perm[n_hold:], perm[:n_hold])
         surrogates, acc = {}, {}
         for metric in METRICS:
-            y = rows[metric].to_numpy(float)
-            oof = np.empty(len(train))
-            for fold in _split_folds(len(train), folds, rng):
-                rest = np.setdiff1d(np.arange(len(train)), fold)
-                model = SURROGATES[kind](metric).fit(f.iloc[train[rest]], y[train[rest]])
-                oof[fold] = model.predict_all(f.iloc[train[fold]])
-            held_model = SURROGATES[kind](metric).fit(f.iloc[train], y[train])
-            held_pred = held_model.predict_all(f.iloc[hold])
-            acc[metric] = {f"{folds}-fold CV": accuracy(y[train], oof),
-                           "held-out": accuracy(y[hold], held_pred)}
-            final = SURROGATES[kind](metric).fit(f, y)
-            under = y[train] / oof - 1  # > 0: the prediction was too low
-            final.margin = float(max(0.0, np.quantile(under, 0.9)))
-            surrogates[metric] = final
-        meta = {
-            "latprune_predictor_version": PREDICTOR_VERSION,
-            "kind": kind,
-            "device": first.device,
-            "dtype": first["dtype"],
-            "device_json": json.loads(first.device_json),
-            "host": json.loads(first.host_json),
-            "model": {"name": first.model_name, "config_hash": first.model_hash, "model_type": first.model_type},
-            "parent_config_json": first.parent_config_json,
-            "workload_range": {k: [int(rows[k].min()), int(rows[k].max())] for k in ("batch", "prompt", "generate")},
-            "metrics": list(METRICS),
-            "feature_schema": FEATURE_SCHEMA,
-            "features": FEATURES,
-            "rows": counts,
-            # the scale of every paired row: the parent's latency at the profile's calibration
-            "baseline_ms": {str(r.workload): {m: float(r[m]) for m in METRICS} for _, r in refs.iterrows()},
-            "accuracy": acc,
-            "seed": seed,
-            "versions": json.loads(first.versions_json),
-            "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+            surrogates[metric], acc[metric] = _fit_metric(kind, metric, f, rows[metric].to_numpy(float), split,
+                                                          folds, rng)
+        meta = _metadata(first, rows, counts, refs, kind, acc, seed)
         return cls(kind, space, first["dtype"], surrogates, meta)
 
     def accuracy_table(self) -> str:
@@ -169,56 +155,97 @@ class Predictor:
         out["e2e_ms_upper"] = workload.e2e_ms(out.prefill_ms_upper, out.decode_ms_upper)
         return out
 
+    def default_workload(self) -> Workload:
+        """The workload the predictor was fitted on (the smallest, when it spans several)."""
+        return Workload(**{k: v[0] for k, v in self.meta["workload_range"].items()})
+
+    def baseline(self, workload: Workload) -> dict[str, float] | None:
+        """The parent's latency at the scale of the profile behind the predictor (None for
+        predictors fitted before it was stored)."""
+        return self.meta.get("baseline_ms", {}).get(workload.key)
+
     def predict(self, archs: list[Architecture], workload: Workload | None = None) -> pd.DataFrame:
-        workload = workload or Workload(**{k: v[0] for k, v in self.meta["workload_range"].items()})
+        """Predicted median and upper bound of every metric; uniform architectures only (the
+        features describe one layer's widths, so per-layer widths would be predicted wrongly)."""
         for a in archs:
             self.space.validate(a)
-        return self.predict_columns(arch_columns(archs), workload)
+            if not a.is_uniform:
+                raise LatpruneError(f"architecture {a.describe()} has per-layer widths; latency predictors cover "
+                                    "uniform architectures only (the same heads, kv_groups and mlp in every layer)")
+        return self.predict_columns(arch_columns(archs), workload or self.default_workload())
 
     # ---- files -----------------------------------------------------------------
-    def save(self, out: str | Path) -> Path:
-        """Write the directory atomically (temporary sibling, then rename)."""
-        with atomic_dir(out) as tmp:
+    def save(self, out: str | Path, inputs: list = ()) -> Path:
+        """Write the directory atomically (temporary sibling, then rename); an existing `out`
+        is replaced only when it is a predictor, and never when it holds one of `inputs`."""
+        with atomic_dir(out, PREDICTOR_MARKER, inputs) as tmp:
             states = {metric: model.save(tmp) for metric, model in self.surrogates.items()}
-            (tmp / "metadata.json").write_text(json.dumps({**self.meta, "surrogates": states}, indent=2))
+            (tmp / PREDICTOR_MARKER).write_text(json.dumps({**self.meta, "surrogates": states}, indent=2))
             (tmp / "accuracy.md").write_text(self.accuracy_table() + "\n")
         return Path(out)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | None = None, model_hash: str | None = None,
              allow_mismatch: bool = False) -> Predictor:
-        """Load and validate; a predictor for another device or model is refused."""
+        """Load and validate; a predictor for another device or model is refused, a damaged
+        one is refused in one line."""
         folder = Path(folder)
-        meta_file = folder / "metadata.json"
-        if not meta_file.is_file():
-            raise LatpruneError(f"'{folder}' is not a predictor directory (no metadata.json); run 'latprune fit'")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("latprune_predictor_version") != PREDICTOR_VERSION or meta.get("feature_schema") != FEATURE_SCHEMA:
-            raise LatpruneError(f"predictor '{folder}' was written by an incompatible latprune; refit it")
-        problems = []
-        if device is not None and meta["device"] != device:
-            problems.append(f"it was fitted on device '{meta['device']}', not '{device}'")
-        if model_hash is not None and meta["model"]["config_hash"] != model_hash:
-            problems.append(f"it was fitted for model {meta['model']['name']} ({meta['model']['config_hash']}), "
-                            f"not {model_hash}")
-        if problems:
-            msg = f"predictor '{folder}' refused: {'; '.join(problems)}"
-            if not allow_mismatch:
-                raise LatpruneError(msg + " (pass --allow-mismatch to use it anyway)")
-            warnings.warn(msg, stacklevel=2)
-        space, _ = _parent_space(meta["parent_config_json"])
-        surrogates = {m: SURROGATES[meta["kind"]].load(m, s, folder) for m, s in meta.pop("surrogates").items()}
+        if not (folder / PREDICTOR_MARKER).is_file():
+            raise LatpruneError(f"'{folder}' is not a predictor directory (no {PREDICTOR_MARKER}); run 'latprune fit'")
+        try:
+            meta = json.loads((folder / PREDICTOR_MARKER).read_text())
+            if meta.get("latprune_predictor_version") != PREDICTOR_VERSION or \
+                    meta.get("feature_schema") != FEATURE_SCHEMA:
+                raise LatpruneError(f"predictor '{folder}' was written by an incompatible latprune; refit it")
+            _check_identity(folder, meta, device, model_hash, allow_mismatch)
+            space, _ = _parent_space(meta["parent_config_json"])
+            surrogates = {m: SURROGATES[meta["kind"]].load(m, s, folder) for m, s in meta.pop("surrogates").items()}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:  # json, xgboost, missing parts
+            raise LatpruneError(f"predictor '{folder}' is incomplete or damaged ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); refit it with 'latprune fit'"
+                                ) from None
         return cls(meta["kind"], space, meta["dtype"], surrogates, meta)
+
+
+def _check_identity(folder: Path, meta: dict, device: str | None, model_hash: str | None,
+                    allow_mismatch: bool) -> None:
+    problems = []
+    if device is not None and meta["device"] != device:
+        problems.append(f"it was fitted on device '{meta['device']}', not '{device}'")
+    if model_hash is not None and meta["model"]["config_hash"] != model_hash:
+        problems.append(f"it was fitted for model {meta['model']['name']} ({meta['model']['config_hash']}), "
+                        f"not {model_hash}")
+    if problems:
+        msg = f"predictor '{folder}' refused: {'; '.join(problems)}"
+        if not allow_mismatch:
+            raise LatpruneError(msg + " (pass --allow-mismatch to use it anyway)")
+        warnings.warn(msg, stacklevel=2)
+
+
+def default_predictor_dir(device: str, kind: str = "xgboost") -> Path:
+    """Where `fit` writes a device's predictor unless told otherwise (and `search` looks)."""
+    return Path("out") / "predictors" / (device + ("" if kind == "xgboost" else f"-{kind}"))
+
+
+def load_for(folder: str | Path | None, device: str, model_hash: str, allow_mismatch: bool = False) -> Predictor:
+    """The predictor `search` uses for `device` and a parent (default directory when None),
+    with a one-line hint at the commands that make it when there is none."""
+    from latprune.profiling.dataset import default_profile
+
+    folder = Path(folder) if folder else default_predictor_dir(device)
+    if not (folder / PREDICTOR_MARKER).is_file():
+        raise LatpruneError(f"no predictor at '{folder}'; run 'latprune profile --device {device}' and "
+                            f"'latprune fit {default_profile(device)}' first (or pass --predictor)")
+    return Predictor.load(folder, device=device, model_hash=model_hash, allow_mismatch=allow_mismatch)
 
 
 def fit_profile(profile: str | Path, out: str | Path | None = None, kind: str = "xgboost", seed: int = 0,
                 ) -> tuple[Predictor, Path]:
     """Fit a predictor on a profile file and save it (default out/predictors/DEVICE[-KIND])."""
-    from latprune.profiling.dataset import read_profile
-
     path = Path(profile)
     if not path.is_file():
         raise LatpruneError(f"profile '{profile}' does not exist; run 'latprune profile' first")
+    if out is not None:
+        check_out(out, PREDICTOR_MARKER, [path])
     predictor = Predictor.fit(read_profile(path), kind, seed)
-    default = Path("out") / "predictors" / (predictor.meta["device"] + ("" if kind == "xgboost" else f"-{kind}"))
-    return predictor, predictor.save(out or default)
+    return predictor, predictor.save(out or default_predictor_dir(predictor.meta["device"], kind), [path])

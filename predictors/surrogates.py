@@ -24,7 +24,7 @@ class Roofline:
 
     def __init__(self, metric: str, coef: np.ndarray | None = None, scale: np.ndarray | None = None):
         self.metric, self.coef, self.scale = metric, coef, scale
-        self.margin = 0.0  # relative upper-bound margin, set from cross-validation
+        self.cv_under = 0.0  # relative upper-bound widening: the 90th percentile of cross-validated under-prediction
 
     def fit(self, f: pd.DataFrame, y: np.ndarray) -> Roofline:
         x = roofline_terms(f, self.metric)
@@ -39,10 +39,10 @@ class Roofline:
     def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(median, upper bound)."""
         p = self.predict_all(f)
-        return p, p * (1 + self.margin)
+        return p, p * (1 + self.cv_under)
 
     def state(self) -> dict:
-        return {"coef": self.coef.tolist(), "scale": self.scale.tolist(), "margin": self.margin}
+        return {"coef": self.coef.tolist(), "scale": self.scale.tolist(), "cv_under": self.cv_under}
 
     def save(self, folder: Path) -> dict:
         return self.state()
@@ -50,15 +50,15 @@ class Roofline:
     @classmethod
     def load(cls, metric: str, state: dict, folder: Path) -> Roofline:
         r = cls(metric, np.array(state["coef"]), np.array(state["scale"]))
-        r.margin = state["margin"]
+        r.cv_under = state["cv_under"]
         return r
 
 
 class _Ensemble:
     """Median of the members' predictions; the upper bound is the members' 90th percentile,
-    widened to at least median x (1 + cross-validated under-prediction margin)."""
+    widened to at least median x (1 + cross-validated under-prediction quantile, cv_under)."""
 
-    margin: float
+    cv_under: float
 
     def _members(self, f: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
@@ -69,7 +69,7 @@ class _Ensemble:
     def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         m = self._members(f)
         median = np.median(m, axis=0)
-        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.margin))
+        return median, np.maximum(np.quantile(m, 0.9, axis=0), median * (1 + self.cv_under))
 
 
 class XGBoostSurrogate(_Ensemble):
@@ -81,7 +81,7 @@ class XGBoostSurrogate(_Ensemble):
         self.metric, self.members, self.seed = metric, members, seed
         self.base = Roofline(metric)
         self.boosters: list = []
-        self.margin = 0.0
+        self.cv_under = 0.0
 
     def fit(self, f: pd.DataFrame, y: np.ndarray) -> XGBoostSurrogate:
         import xgboost as xgb
@@ -110,7 +110,7 @@ class XGBoostSurrogate(_Ensemble):
             name = f"{self.metric}-{k}.ubj"
             booster.save_model(str(folder / name))
             files.append(name)
-        return {"base": self.base.state(), "files": files, "margin": self.margin, "members": self.members}
+        return {"base": self.base.state(), "files": files, "cv_under": self.cv_under, "members": self.members}
 
     @classmethod
     def load(cls, metric: str, state: dict, folder: Path) -> XGBoostSurrogate:
@@ -123,7 +123,7 @@ class XGBoostSurrogate(_Ensemble):
             booster = xgb.Booster()
             booster.load_model(str(folder / name))
             s.boosters.append(booster)
-        s.margin = state["margin"]
+        s.cv_under = state["cv_under"]
         return s
 
 
@@ -138,7 +138,7 @@ class MLPSurrogate(_Ensemble):
         self.metric, self.members, self.seed = metric, members, seed
         self.nets: list = []
         self.mean = self.std = None
-        self.margin = 0.0
+        self.cv_under = 0.0
 
     def _net(self):
         from torch import nn
@@ -188,7 +188,7 @@ class MLPSurrogate(_Ensemble):
             name = f"{self.metric}-mlp-{k}.safetensors"
             save_file({n: p.contiguous() for n, p in net.state_dict().items()}, str(folder / name))
             files.append(name)
-        return {"files": files, "mean": self.mean.tolist(), "std": self.std.tolist(), "margin": self.margin,
+        return {"files": files, "mean": self.mean.tolist(), "std": self.std.tolist(), "cv_under": self.cv_under,
                 "members": self.members}
 
     @classmethod
@@ -196,7 +196,7 @@ class MLPSurrogate(_Ensemble):
         from safetensors.torch import load_file
 
         s = cls(metric, state["members"])
-        s.mean, s.std, s.margin = np.array(state["mean"]), np.array(state["std"]), state["margin"]
+        s.mean, s.std, s.cv_under = np.array(state["mean"]), np.array(state["std"]), state["cv_under"]
         for name in state["files"]:
             net = s._net()
             net.load_state_dict(load_file(str(folder / name)))

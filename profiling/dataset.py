@@ -12,10 +12,70 @@ from typing import Any
 import pandas as pd
 
 from latprune.errors import LatpruneError
-from latprune.files import atomic_file
+from latprune.files import FileLock, atomic_file
 
 SCHEMA_VERSION = 2  # 2: paired timing (ratio to the reference, raw and baseline columns)
 META_KEY = b"latprune_profile_schema"
+STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
+
+
+def stat_column(metric: str, stat: str) -> str:
+    """A profile column holding one statistic of a metric: ("decode_ms", "raw_ms") -> "decode_raw_ms"."""
+    return f"{metric.removesuffix('_ms')}_{stat}"
+
+
+def default_profile(device: str) -> Path:
+    """Where `profile` records a device's rows unless told otherwise."""
+    return Path("profiles") / f"{device}.parquet"
+
+
+def baseline(frame: pd.DataFrame, **match: Any) -> dict[str, float] | None:
+    """The profile's scale for the rows matching `match` (e.g. workload, model_hash): the
+    parent's latency in their first successful reference row (timed alone, so its recorded
+    and raw figures agree; later reference rows record this scale too). Every paired row's
+    latency is its ratio to the parent x this; None before any reference was timed."""
+    refs = _matching(frame, role="reference", status="ok", **match)
+    if refs.empty:
+        return None
+    return {m: float(refs[m].iloc[0]) for m in STEPS}
+
+
+def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Measured sample rows, without failed and drift-flagged ones (counted)."""
+    if frame.empty:
+        raise LatpruneError("the profile has no rows; run 'latprune profile' first")
+    samples = frame[frame.role == "sample"]
+    failed = samples.status != "ok"
+    drifted = (~failed) & samples.drift_flag.astype(bool)
+    counts = {"sample_rows": int(len(samples)), "failed": int(failed.sum()), "drift_flagged": int(drifted.sum())}
+    ok = samples[~failed & ~drifted]
+    counts["used"] = int(len(ok))
+    return ok, counts
+
+
+def reference_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per workload: the parent shape at the profile's baseline (the largest
+    architecture is where tree models extrapolate worst, so fit trains on it too)."""
+    refs = _matching(frame, role="reference", status="ok")
+    if refs.empty:
+        return refs
+    rows = []
+    for workload, group in refs.groupby("workload"):
+        row = group.iloc[[0]].copy()
+        scale = baseline(frame, workload=workload)
+        row[list(STEPS)] = [scale[m] for m in STEPS]
+        row["e2e_ms"] = row.prefill_ms + row.generate * row.decode_ms
+        rows.append(row)
+    return pd.concat(rows)
+
+
+def _matching(frame: pd.DataFrame, **match: Any) -> pd.DataFrame:
+    """Rows whose columns equal all `match` values (none when a column is missing)."""
+    for column, value in match.items():
+        if frame.empty or column not in frame:
+            return frame.iloc[0:0]
+        frame = frame[frame[column] == value]
+    return frame
 
 
 def read_profile(path: str | Path) -> pd.DataFrame:
@@ -28,6 +88,8 @@ def read_profile(path: str | Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir():
+        raise LatpruneError(f"profile '{path}' is a directory; pass a .parquet file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -55,12 +117,32 @@ def write_profile(path: str | Path, frame: pd.DataFrame) -> None:
         pq.write_table(table, tmp)
 
 
+CONCURRENCY = ("two processes would each rewrite the file and lose each other's rows, and two timings at once on "
+               "one machine disturb each other: wait for it to finish, or profile into another file on another machine")
+
+
 class ProfileWriter:
-    """Appends rows to a profile file, one atomic rewrite per row."""
+    """Appends rows to a profile file, one atomic rewrite per row. Holds an exclusive lock
+    beside the file (`PATH.lock`) until `close`, so a second writer is refused in one line
+    instead of silently dropping rows (each writer rewrites the whole file)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.suffix != ".parquet":
+            raise LatpruneError(f"profile '{path}' must be a .parquet file")
         self.frame = read_profile(self.path)
+        self._lock = FileLock(self.path, CONCURRENCY)
+        self.frame = read_profile(self.path)  # re-read under the lock: another writer may have just finished
+
+    def close(self) -> None:
+        """Release the lock (also released when the process ends, however it ends)."""
+        self._lock.release()
+
+    def __enter__(self) -> ProfileWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def append(self, row: dict[str, Any]) -> None:
         new = pd.DataFrame([{"schema_version": SCHEMA_VERSION, **row}])
@@ -69,11 +151,4 @@ class ProfileWriter:
 
     def rows(self, **match: Any) -> pd.DataFrame:
         """Rows whose columns equal all `match` values."""
-        frame = self.frame
-        if frame.empty:
-            return frame
-        for column, value in match.items():
-            if column not in frame:
-                return frame.iloc[0:0]
-            frame = frame[frame[column] == value]
-        return frame
+        return _matching(self.frame, **match)

@@ -10,11 +10,10 @@ end up on it.
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from latprune.errors import LatpruneError
 
@@ -77,27 +76,41 @@ def default_devices_file() -> Path:
 
 
 def _device_from_toml(name: str, data: dict[str, Any], source: Path) -> Device:
-    known = set(Device.__dataclass_fields__) - {"name"}
-    unknown = set(data) - known
-    if unknown:
-        raise LatpruneError(f"devices file {source}: device '{name}' has unknown keys {sorted(unknown)}; "
-                            f"known: {sorted(known)}")
-    if not data.get("providers"):
-        raise LatpruneError(f"devices file {source}: device '{name}' needs 'providers', "
-                            'e.g. ["CPUExecutionProvider"]')
-    if data.get("dtype", "fp32") not in ("fp32", "fp16"):
-        raise LatpruneError(f"devices file {source}: device '{name}' dtype must be fp32 or fp16")
-    for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1),
-                        ("max_bursts", 1), ("busy_retries", 0)):
-        if key in data and (not isinstance(data[key], int) or data[key] < lowest):
-            raise LatpruneError(f"devices file {source}: device '{name}' {key} must be an integer >= {lowest}")
-    for key in ("min_time_s", "ratio_tolerance", "busy_tolerance"):
-        if key in data and not (isinstance(data[key], int | float) and data[key] >= 0):
-            raise LatpruneError(f"devices file {source}: device '{name}' {key} must be a number >= 0")
+    _check_table(data, lambda what: LatpruneError(f"devices file {source}: device '{name}' {what}"))
     try:
         return Device(name=name, **{**data, "providers": tuple(data["providers"])})
     except TypeError as exc:
         raise LatpruneError(f"devices file {source}: device '{name}': {exc}") from None
+
+
+def _check_table(data: dict[str, Any], bad) -> None:
+    """Raise `bad(what)` for the first key of a [devices.NAME] table of the wrong type or range."""
+    known = set(Device.__dataclass_fields__) - {"name"}
+    unknown = set(data) - known
+    if unknown:
+        raise bad(f"has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    providers = data.get("providers")
+    if not (isinstance(providers, list) and providers and all(isinstance(p, str) and p for p in providers)):
+        raise bad('needs \'providers\', a list of ONNX Runtime provider names, e.g. ["CPUExecutionProvider"]')
+    options = data.get("provider_options", {})
+    if not (isinstance(options, dict) and all(k in providers and isinstance(v, dict) for k, v in options.items())
+            and all(isinstance(x, str | int | float | bool) for v in options.values() for x in v.values())):
+        raise bad("provider_options must be a table per provider of 'providers', of strings, numbers or booleans, "
+                  'e.g. provider_options.CUDAExecutionProvider = { device_id = 0 }')
+    if data.get("dtype", "fp32") not in ("fp32", "fp16"):
+        raise bad("dtype must be fp32 or fp16")
+    for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1),
+                        ("max_bursts", 1), ("busy_retries", 0)):
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < lowest):
+            raise bad(f"{key} must be an integer >= {lowest}")
+    for key in ("min_time_s", "ratio_tolerance", "busy_tolerance"):
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | float)
+                            or not 0 <= data[key] < float("inf")):
+            raise bad(f"{key} must be a number >= 0")
+    if not isinstance(data.get("io_binding", False), bool):
+        raise bad("io_binding must be true or false")
+    if not isinstance(data.get("description", ""), str):
+        raise bad("description must be a string")
 
 
 def load_devices(devices_file: str | Path | None = None) -> dict[str, Device]:

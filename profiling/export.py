@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import tempfile
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -44,16 +45,22 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu") -> Path:
     from optimum.exporters.onnx import onnx_export_from_model
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))  # private to this call
     for name in ("optimum", "transformers", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        onnx_export_from_model(model, tmp, task="text-generation-with-past", do_validation=False, device=device,
-                               no_post_process=True)  # post-processing only dedups tied weights: 1.5x slower
-    if not (tmp / "model.onnx").is_file():
-        raise LatpruneError(f"the exporter wrote no model.onnx in {tmp}")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_export_from_model(model, tmp, task="text-generation-with-past", do_validation=False, device=device,
+                                   no_post_process=True)  # post-processing only dedups tied weights: 1.5x slower
+        if not (tmp / "model.onnx").is_file():
+            raise LatpruneError(f"the exporter wrote no model.onnx in {tmp}")
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process exported the same graph meanwhile: use theirs
+            if not (out_dir / "model.onnx").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "model.onnx"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import os
 import shutil
 import statistics
+import tempfile
 import time
 import traceback
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,12 @@ from latprune.models import cache_dir, load_config, model_identity
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
-from .dataset import ProfileWriter
+from .dataset import STEPS, ProfileWriter, baseline, default_profile, stat_column
 from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
 from .sampling import profile_plan
-from .timing import STEPS, TimedModel, Timing, stat_column, time_steps
+from .timing import TimedModel, Timing, time_steps
 
 DRIFT_THRESHOLD = 0.25
 HOST_WINDOW = 15  # the reference timings of this many recent measurements define the host's normal state
@@ -41,10 +43,6 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def default_out(device: str) -> Path:
-    return Path("profiles") / f"{device}.parquet"
 
 
 class Profiler:
@@ -67,18 +65,23 @@ class Profiler:
     of state within a few samples; slow drift is for pairing to cancel.
     """
 
-    def __init__(self, config, device: Device, workload: Workload, writer: ProfileWriter, keep_onnx: bool = False):
+    def __init__(self, config, device: Device, workload: Workload, writer: ProfileWriter, keep_onnx: bool = False,
+                 discard_graphs: bool = True):
         self.config = config
         self.space = SearchSpace.from_config(self.config)
         self.identity = model_identity(self.config)
         self.device, self.workload, self.writer, self.keep_onnx = device, workload, writer, keep_onnx
-        self.onnx_root = cache_dir() / "onnx" / self.identity["config_hash"]
+        self.discard_graphs = discard_graphs and not keep_onnx
+        # Graphs live in a folder private to this profiler (another process never deletes them),
+        # or, with keep_onnx, in the shared cache, where they are only ever added.
+        graphs = cache_dir() / "onnx"
+        graphs.mkdir(parents=True, exist_ok=True)
+        self.onnx_root = graphs / self.identity["config_hash"] if keep_onnx else \
+            Path(tempfile.mkdtemp(prefix=f"{self.identity['config_hash']}-{os.getpid()}-", dir=graphs))
         self.key = {"device": device.name, "workload": workload.key, "model_hash": self.identity["config_hash"]}
         self._reference: TimedModel | None = None
         self._recent: dict[str, deque[float]] = {m: deque(maxlen=HOST_WINDOW) for m in STEPS}
-        refs = self.writer.rows(role="reference", status="ok", **self.key)
-        self.baseline = {m: float(refs[stat_column(m, "raw_ms")].iloc[0]) for m in STEPS} \
-            if not refs.empty else None
+        self.baseline = baseline(self.writer.frame, **self.key)
 
     def folder(self, arch: Architecture) -> Path:
         return self.onnx_root / f"{arch.id}-{self.device.dtype}"
@@ -130,7 +133,7 @@ class Profiler:
             row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000],
                        traceback=traceback.format_exc()[-4000:])
         finally:
-            if not self.keep_onnx and arch != self.space.largest():  # the reference graph is reused
+            if self.discard_graphs and arch != self.space.largest():  # the reference graph is reused
                 shutil.rmtree(self.folder(arch), ignore_errors=True)
             _release_memory()
         return row
@@ -174,7 +177,7 @@ class Profiler:
             "threads": self.device.intra_threads, "host_json": json.dumps(host),
             "cpu_model": host["cpu_model"], "gpu_name": host.get("gpu_name", ""),
             "versions_json": json.dumps(library_versions()), "exporter": EXPORTER,
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "status": "ok", "error": "", "traceback": "", "export_s": 0.0, "timing_s": 0.0,
             "drift": float("nan"), "drift_flag": False, "attempts": 0, "host_shift": float("nan"),
         }
@@ -189,10 +192,10 @@ class Profiler:
         return row
 
     def close(self) -> None:
-        """Release the reference session and, unless kept, its exported graph."""
+        """Release the reference session and, unless kept, the exported graphs."""
         self._reference = None
         if not self.keep_onnx:
-            shutil.rmtree(self.folder(self.space.largest()), ignore_errors=True)
+            shutil.rmtree(self.onnx_root, ignore_errors=True)
         _release_memory()
 
 
@@ -205,13 +208,19 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
     dev = get_device(device, devices_file)
     check_available(dev)
     workload = workload or Workload()
-    out = Path(out) if out else default_out(dev.name)
-    writer = ProfileWriter(out)
-    prof = Profiler(load_config(model), dev, workload, writer, keep_onnx)
+    out = Path(out) if out else default_profile(dev.name)
+    config = load_config(model)
+    with ProfileWriter(out) as writer:
+        _profile_into(writer, Profiler(config, dev, workload, writer, keep_onnx), samples, seed, progress)
+    return out
+
+
+def _profile_into(writer: ProfileWriter, prof: Profiler, samples: int, seed: int, progress: bool) -> None:
+    """Time the planned samples `writer` does not hold yet, one row each, recorded as it ends."""
     plan = profile_plan(prof.space, samples, seed)
     done = set(writer.rows(role="sample", **prof.key)["arch_id"]) if not writer.frame.empty else set()
     todo = [a for a in plan if a.id not in done]
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"profile {dev.name}", unit="sample",
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"profile {prof.device.name}", unit="sample",
                disable=not progress)
     try:
         if todo:
@@ -235,4 +244,3 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
     finally:
         bar.close()
         prof.close()
-    return out

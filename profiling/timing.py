@@ -32,12 +32,6 @@ from latprune.workload import Workload
 from .devices import Device
 
 Step = Callable[[], object]
-STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
-
-
-def stat_column(metric: str, stat: str) -> str:
-    """A profile column holding one statistic of a metric: ("decode_ms", "raw_ms") -> "decode_raw_ms"."""
-    return f"{metric.removesuffix('_ms')}_{stat}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from latprune.architecture import Architecture
 from latprune.compress.quality import perplexity
-from latprune.compress.workflow import RankedModel
+from latprune.compress.ranked import RankedModel
 from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
 from latprune.workload import Workload

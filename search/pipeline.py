@@ -3,55 +3,70 @@ reusing the profile and predictor when they match."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from latprune.errors import LatpruneError
+from latprune.files import PREDICTOR_MARKER, SEARCH_MARKER, check_out
 from latprune.models import load_config, model_identity
-from latprune.predictors.predictor import fit_profile, usable_rows
-from latprune.profiling.dataset import read_profile
-from latprune.profiling.run import default_out, profile
+from latprune.predictors.predictor import default_predictor_dir, fit_profile
+from latprune.profiling.dataset import baseline, default_profile, read_profile, usable_rows
+from latprune.profiling.devices import check_available, get_device
+from latprune.profiling.run import profile
 
+from .options import SearchOptions
 from .report import build_report
-from .workflow import SearchOptions, search
+from .workflow import search
 
 DEFAULT_FRACTION = 0.6
 
 
-def parent_measured(profile_path: Path, model_hash: str, metric: str) -> float:
-    """The parent's measured `metric` at the profile's scale (its first reference timing,
-    which paired timings of every sample are relative to)."""
+def parent_measured(profile_path: Path, model_hash: str, metric: str, generate: int | None = None) -> float:
+    """The parent's measured `metric` at the profile's scale (its baseline: the first
+    reference timing, which paired timings of every sample are relative to)."""
     rows = read_profile(profile_path)
-    ref = rows[(rows.role == "reference") & (rows.status == "ok") & (rows.model_hash == model_hash)]
-    if ref.empty:
+    scale = baseline(rows, model_hash=model_hash)
+    if scale is None:
         raise LatpruneError(f"profile {profile_path} has no reference timing of this model")
-    return float(ref[metric].median())
+    if metric == "e2e_ms":
+        generate = generate or int(rows[rows.role == "reference"].generate.iloc[0])
+        return scale["prefill_ms"] + generate * scale["decode_ms"]
+    return scale[metric]
 
 
 def _predictor_is_current(folder: Path, profile_path: Path, model_hash: str, device: str) -> bool:
-    if not (folder / "metadata.json").is_file():
+    if not (folder / PREDICTOR_MARKER).is_file():
         return False
-    meta = json.loads((folder / "metadata.json").read_text())
-    rows, _ = usable_rows(read_profile(profile_path))
-    return (meta["device"] == device and meta["model"]["config_hash"] == model_hash
-            and meta["rows"]["used"] == len(rows))
+    try:
+        meta = json.loads((folder / PREDICTOR_MARKER).read_text())
+        rows, _ = usable_rows(read_profile(profile_path))
+        return (meta["device"] == device and meta["model"]["config_hash"] == model_hash
+                and meta["rows"]["used"] == len(rows))
+    except (ValueError, KeyError, TypeError):
+        return False  # damaged: refit
 
 
-def run_pipeline(model: str = "default", device: str = "cpu", latency_ms: float | None = None,
-                 metric: str = "decode_ms", samples: int = 40, evaluations: int = 60, out: str | Path = "out/run",
-                 seed: int = 0, log=print) -> dict[str, Any]:
-    """The whole pipeline; returns the search summary plus stage timings."""
+def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOptions | None = None, *,
+                 samples: int = 40, out: str | Path = "out/run", log=print) -> dict[str, Any]:
+    """The whole pipeline; returns the search summary plus stage timings. `opts.latency_ms`
+    None means DEFAULT_FRACTION of the parent's measured latency."""
+    opts = opts or SearchOptions(latency_ms=None)
+    if samples < 1:
+        raise LatpruneError(f"--samples must be at least 1; got {samples}")
+    profile_path, predictor_dir = default_profile(device), default_predictor_dir(device)
+    check_out(out, SEARCH_MARKER, [model, profile_path, predictor_dir])
+    check_out(predictor_dir, PREDICTOR_MARKER, [model, profile_path])
+    check_available(get_device(device))
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
-    config = load_config(model)
-    model_hash = model_identity(config)["config_hash"]
-    log(f"[1/4] profile: {samples} sampled architectures on '{device}' (resumes {default_out(device)})")
-    profile_path = profile(model, device, samples, out=default_out(device), seed=seed)
+    model_hash = model_identity(load_config(model))["config_hash"]
+    log(f"[1/4] profile: {samples} sampled architectures on '{device}' (resumes {profile_path})")
+    profile(model, device, samples, out=profile_path, seed=opts.seed)
     stages["profile_s"] = time.perf_counter() - t0
 
-    predictor_dir = Path("out") / "predictors" / device
     if _predictor_is_current(predictor_dir, profile_path, model_hash, device):
         log(f"[2/4] fit: reusing {predictor_dir} (fitted on the same rows)")
     else:
@@ -60,14 +75,14 @@ def run_pipeline(model: str = "default", device: str = "cpu", latency_ms: float 
         log(predictor.accuracy_table())
     stages["fit_s"] = time.perf_counter() - t0 - sum(stages.values())
 
-    if latency_ms is None:
-        parent_ms = parent_measured(profile_path, model_hash, metric)
-        latency_ms = round(DEFAULT_FRACTION * parent_ms, 2)
-        log(f"no --latency-ms given: using {DEFAULT_FRACTION:.0%} of the parent's measured {metric} on this "
-            f"machine ({parent_ms:.2f} ms) = {latency_ms:g} ms")
-    log(f"[3/4] search: {metric} <= {latency_ms:g} ms, {evaluations} evaluations, then verification on '{device}'")
-    opts = SearchOptions(latency_ms, metric, evaluations=evaluations, seed=seed)
-    summary = search(model, device, opts, out, predictor_dir)
+    if opts.latency_ms is None:
+        parent_ms = parent_measured(profile_path, model_hash, opts.metric)
+        opts = dataclasses.replace(opts, latency_ms=round(DEFAULT_FRACTION * parent_ms, 2))
+        log(f"no --latency-ms given: using {DEFAULT_FRACTION:.0%} of the parent's measured {opts.metric} on this "
+            f"machine ({parent_ms:.2f} ms) = {opts.latency_ms:g} ms")
+    log(f"[3/4] search: {opts.metric} <= {opts.latency_ms:g} ms, {opts.evaluations} evaluations, then verification "
+        f"on '{device}'")
+    summary = search(model, device, opts, out, predictor=predictor_dir)
     stages["search_s"] = time.perf_counter() - t0 - sum(stages.values())
     if summary.get("parent_is_answer"):
         log(summary["message"])

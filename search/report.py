@@ -111,10 +111,15 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
                  out: str | Path | None = None) -> tuple[Path, Path]:
     """Write report.md, report.html and PNGs into `run_dir` (or next to `out`)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").is_file():
-        raise LatpruneError(f"'{run_dir}' is not a search output directory (no summary.json)")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    cands = pd.read_parquet(run_dir / "candidates.parquet")
+    for name in ("summary.json", "candidates.parquet"):
+        if not (run_dir / name).is_file():
+            raise LatpruneError(f"'{run_dir}' is not a search output directory (no {name}); pass the --out of "
+                                "'latprune search' or 'latprune run'")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        cands = pd.read_parquet(run_dir / "candidates.parquet")
+    except (ValueError, OSError) as exc:
+        raise LatpruneError(f"'{run_dir}' holds a damaged search output ({exc}); search again") from None
     md_path = Path(out) if out else run_dir / "report.md"
     folder = md_path.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,10 +164,6 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         parts += ["", f"## Predictor accuracy ({meta['kind']}, {rows['used']} training rows; "
                       f"{rows['failed']} failed, {rows['drift_flagged']} drift-flagged excluded)", "",
                   format_table(meta["accuracy"])]
-    curve = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "predictor_learning_curve.png"
-    if curve.is_file():
-        (folder / "learning_curve.png").write_bytes(curve.read_bytes())
-        parts += ["", "## Predictor learning curve (from benchmarks/)", "", "![learning curve](learning_curve.png)"]
     markdown = "\n".join(parts) + "\n"
     md_path.write_text(markdown)
     html_path = md_path.with_suffix(".html")

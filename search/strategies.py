@@ -21,9 +21,7 @@ from latprune.errors import LatpruneError
 from latprune.space import KEEP_RECIPE
 
 from .evaluate import Evaluator
-
-DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
-STRATEGIES = ("nas", "random", "uniform", "layers")
+from .options import DEFAULT_OPTIMIZER, STRATEGIES
 
 
 def _largest_feasible(ev: Evaluator, family: list[Architecture]) -> list[Architecture]:

@@ -1,65 +1,88 @@
-"""`search`: the best sub-network under a latency budget on a device, verified there, written out."""
+"""`search`: the best sub-network under a latency budget on a device, verified there, written out.
+
+Phases, each a function: `prepare` (device, predictor, ranked parent) -> `find_candidates`
+(the strategy against the predictor) -> `verify_finalists` (paired timings on the device) ->
+`choose_winner` (best calibration perplexity that meets the budget on the device) ->
+`recover` (optional distillation) -> `SearchResult.write` (model/, onnx/,
+candidates.parquet, summary.json).
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
 from latprune.compress.checkpoint import save_compressed
 from latprune.compress.quality import perplexity
-from latprune.compress.workflow import WINDOW, RankedModel, rank_model
+from latprune.compress.ranked import WINDOW, RankedModel, rank_model
 from latprune.errors import LatpruneError
-from latprune.files import atomic_dir
+from latprune.files import CHECKPOINT_MARKER, SEARCH_MARKER, atomic_dir, check_out, remove_output
 from latprune.models import load_config, model_identity
-from latprune.predictors.predictor import Predictor
-from latprune.profiling.devices import check_available, get_device
+from latprune.predictors.predictor import Predictor, load_for
+from latprune.profiling.dataset import STEPS, default_profile, stat_column
+from latprune.profiling.devices import Device, check_available, get_device
 from latprune.profiling.export import export_onnx
-from latprune.profiling.run import default_out
-from latprune.profiling.timing import STEPS, stat_column
+from latprune.profiling.verify import ROUNDS, Verification, measure_finalists
 from latprune.text import calibration_windows, heldout_windows
 from latprune.workload import METRICS, Workload
 
 from .evaluate import Evaluator
+from .options import SearchOptions
 from .pareto import pareto_front, spread
-from .strategies import DEFAULT_OPTIMIZER, run_strategy
-from .verify import ROUNDS, measure_all
+from .strategies import run_strategy
 
 SEARCH_WINDOWS = 8
+HELDOUT_WINDOWS = 40
+SUMMARY_VERSION = 2
 
 
 @dataclass
-class SearchOptions:
-    latency_ms: float
-    metric: str = "decode_ms"
-    margin: float = 0.0  # the predicted upper bound must be <= budget x (1 - margin)
-    evaluations: int = 60
-    strategy: str = "nas"
-    optimizer: str = DEFAULT_OPTIMIZER
-    seed: int = 0
-    finalists: int = 3
-    pareto: int = 0
+class Prepared:
+    """What every phase needs: the device, the predictor and the ranked parent."""
 
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise LatpruneError(f"--metric must be one of {', '.join(METRICS)}; got '{self.metric}'")
-        if not self.latency_ms > 0:
-            raise LatpruneError(f"--latency-ms must be positive; got {self.latency_ms}")
-        if not 0 <= self.margin < 1:
-            raise LatpruneError(f"--margin must be in [0, 1); got {self.margin}")
+    device: Device
+    predictor: Predictor
+    workload: Workload
+    ranked: RankedModel
+    opts: SearchOptions
+    started: float = field(default_factory=time.perf_counter)
 
-    @property
-    def limit_ms(self) -> float:
-        return self.latency_ms * (1 - self.margin)
+
+def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: str | Path | None = None,
+            text: str | Path | None = None, workload: Workload | None = None,
+            devices_file: str | Path | None = None, allow_mismatch: bool = False, progress: bool = True) -> Prepared:
+    """Check the device and predictor (cheap) before loading and ranking the parent."""
+    if opts.latency_ms is None:
+        raise LatpruneError("search needs a latency budget (--latency-ms)")
+    dev = get_device(device, devices_file)
+    check_available(dev)
+    config = load_config(model)
+    pred = load_for(predictor, dev.name, model_identity(config)["config_hash"], allow_mismatch)
+    workload = workload or pred.default_workload()
+    pred.check_workload(workload, allow_mismatch)
+    started = time.perf_counter()
+    return Prepared(dev, pred, workload, rank_model(model, text, progress=progress), opts, started)
+
+
+def parent_answer(prep: Prepared) -> dict[str, Any] | None:
+    """The summary saying the parent already meets the budget (predicted upper bound), or None."""
+    m, budget = prep.opts.metric, prep.opts.latency_ms
+    pred = prep.predictor.predict([prep.ranked.space.largest()], prep.workload).iloc[0]
+    if pred[f"{m}_upper"] > prep.opts.limit_ms:
+        return None
+    return {"parent_is_answer": True, "metric": m, "budget_ms": budget, "parent_predicted_ms": float(pred[m]),
+            "message": f"the parent's predicted {m} ({pred[m]:.2f} ms, upper bound {pred[f'{m}_upper']:.2f} ms) "
+                       f"already meets {budget:g} ms: the parent is the answer; nothing to compress"}
 
 
 def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Tensor, workload: Workload,
@@ -88,131 +111,177 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
     return ev
 
 
-def _load_predictor(path: str | Path | None, device: str, config, allow_mismatch: bool) -> Predictor:
-    path = Path(path) if path else Path("out") / "predictors" / device
-    if not (path / "metadata.json").is_file():
-        raise LatpruneError(f"no predictor at '{path}'; run 'latprune profile --device {device}' and "
-                            f"'latprune fit {default_out(device)}' first (or pass --predictor)")
-    return Predictor.load(path, device=device, model_hash=model_identity(config)["config_hash"],
-                          allow_mismatch=allow_mismatch)
-
-
-def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path, predictor: str | Path | None = None,
-           text: str | Path | None = None, workload: Workload | None = None, devices_file: str | Path | None = None,
-           allow_mismatch: bool = False, profile_record: str | Path | None = None, distill_steps: int = 0,
-           progress: bool = True) -> dict[str, Any]:
-    """Search, verify the finalists on `device`, and write `out` (model/, onnx/,
-    candidates.parquet, summary.json). Raises (writing nothing) when no finalist meets the
-    budget on the device."""
-    dev = get_device(device, devices_file)
-    check_available(dev)
-    config = load_config(model)
-    pred = _load_predictor(predictor, dev.name, config, allow_mismatch)
-    workload = workload or Workload(**{k: v[0] for k, v in pred.meta["workload_range"].items()})
-    pred.check_workload(workload, allow_mismatch)
-    t_start = time.perf_counter()
-    ranked = rank_model(model, text, progress=progress)
-    space = ranked.space
-    parent = space.largest()
-    parent_pred = pred.predict([parent], workload).iloc[0]
-    if parent_pred[f"{opts.metric}_upper"] <= opts.limit_ms:
-        return {"parent_is_answer": True, "metric": opts.metric, "budget_ms": opts.latency_ms,
-                "parent_predicted_ms": float(parent_pred[opts.metric]),
-                "message": f"the parent's predicted {opts.metric} ({parent_pred[opts.metric]:.2f} ms, upper bound "
-                           f"{parent_pred[f'{opts.metric}_upper']:.2f} ms) already meets {opts.latency_ms:g} ms: "
-                           "the parent is the answer; nothing to compress"}
+def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
+    """Every evaluated architecture, best calibration perplexity first."""
+    ranked = prep.ranked
     calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
-    ev = find_candidates(ranked, pred, calib, workload, opts, progress)
+    opts = prep.opts
+    ev = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress)
     if not ev.records:
         raise LatpruneError(f"strategy '{opts.strategy}' found no architecture predicted to meet {opts.metric} <= "
                             f"{opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full depth's "
-                            "latency); try --strategy nas or a larger budget")
-    cands = ev.frame().sort_values("perplexity")
-    finalists = [space.validate(Architecture.from_json(r)) for r in cands.head(opts.finalists).arch_json]
-    t_search = time.perf_counter() - t_start
+                            "latency); raise the budget or try another --strategy")
+    return ev.frame().sort_values("perplexity")
 
-    record = profile_record or default_out(dev.name)
-    vbar = tqdm(total=len(finalists) * ROUNDS, desc=f"verify on {dev.name}", unit="timing",
+
+def verify_finalists(prep: Prepared, cands: pd.DataFrame, record: str | Path | None = None,
+                     progress: bool = True) -> Verification:
+    """Time the top `opts.finalists` candidates on the device, paired with the parent;
+    marks them and their measured latencies in `cands`."""
+    space = prep.ranked.space
+    finalists = [space.validate(Architecture.from_json(r)) for r in cands.head(prep.opts.finalists).arch_json]
+    vbar = tqdm(total=len(finalists) * ROUNDS, desc=f"verify on {prep.device.name}", unit="timing",
                 disable=not progress)
     try:
-        measured, parent_row = measure_all(config, dev, workload, finalists, record, lambda _r: vbar.update(1),
-                                           baseline=pred.meta.get("baseline_ms", {}).get(workload.key))
+        verified = measure_finalists(prep.ranked.model.config, prep.device, prep.workload, finalists,
+                                     record or default_profile(prep.device.name), lambda _r: vbar.update(1),
+                                     baseline=prep.predictor.baseline(prep.workload))
     finally:
         vbar.close()
     for col in METRICS:
-        cands[f"measured_{col}"] = cands.arch_id.map(lambda i, c=col: measured.get(i, {}).get(c))
+        cands[f"measured_{col}"] = cands.arch_id.map(lambda i, c=col: verified.measured.get(i, {}).get(c))
     cands["finalist"] = cands.arch_id.isin([a.id for a in finalists])
-    passing = [a for a in finalists if measured[a.id][opts.metric] <= opts.latency_ms]
+    return verified
+
+
+def choose_winner(prep: Prepared, verified: Verification) -> Architecture:
+    """The first finalist (best calibration perplexity) whose measured latency meets the
+    budget; raises naming every finalist's figure when none does."""
+    m, budget = prep.opts.metric, prep.opts.latency_ms
+    passing = [a for a in verified.finalists if verified.measured[a.id][m] <= budget]
     if not passing:
-        figures = ", ".join(f"{a.describe()}: measured {measured[a.id][opts.metric]:.2f} ms" for a in finalists)
-        raise LatpruneError(f"no finalist meets {opts.metric} <= {opts.latency_ms:g} ms on {dev.name} ({figures}); "
+        figures = ", ".join(f"{a.describe()}: measured {verified.measured[a.id][m]:.2f} ms"
+                            for a in verified.finalists)
+        raise LatpruneError(f"no finalist meets {m} <= {budget:g} ms on {prep.device.name} ({figures}); "
                             "rerun with a safety margin (e.g. --margin 0.05) or profile more samples and refit")
     winner = passing[0]
-    raw = measured[winner.id].get(stat_column(opts.metric, "raw_ms"))
-    if raw is not None and raw > opts.latency_ms:
-        print(f"latprune: warning: the winner's raw {opts.metric} now is {raw:.2f} ms, over the {opts.latency_ms:g} ms "
-              f"budget: the machine runs {parent_row['drift'][opts.metric] - 1:+.0%} off its speed when profiled; "
-              "the budget is checked on the drift-corrected figure (ratio to the parent x the parent's profiled "
-              "latency)", file=sys.stderr)
-    child = ranked.extract(winner)
-    held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, 40)
-    summary = _summary(ranked, parent_pred, workload, opts, winner, cands, measured[winner.id], parent_row,
-                       perplexity(ranked.model, held), perplexity(child, held), held, dev.name, t_search)
-    if distill_steps:
-        from latprune.compress.distill import DistillConfig, distill
-
-        cfg = DistillConfig(steps=distill_steps, seed=opts.seed)
-        train = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, max_windows=100_000)
-        distill(child, ranked.model, train, cfg, Path(str(out) + ".distill-checkpoint"), progress)
-        summary["winner"]["heldout_perplexity_before_distill"] = summary["winner"]["heldout_perplexity"]
-        summary["winner"]["heldout_perplexity"] = perplexity(child, held)
-        summary["distill"] = {"steps": distill_steps, "tokens": cfg.tokens(WINDOW)}
-
-    with atomic_dir(out) as tmp:
-        save_compressed(child, winner, tmp / "model", ranked.model.config, ranked.tokenizer, {"search": summary})
-        export_onnx(child, tmp / "onnx")
-        cands.to_parquet(tmp / "candidates.parquet", index=False)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    shutil.rmtree(str(out) + ".distill-checkpoint", ignore_errors=True)
-    return summary
+    raw = verified.measured[winner.id].get(stat_column(m, "raw_ms"))
+    if raw is not None and raw > budget:
+        print(f"latprune: warning: the winner's raw {m} now is {raw:.2f} ms, over the {budget:g} ms budget: the "
+              f"machine runs {verified.parent['drift'][m] - 1:+.0%} off its speed when profiled; the budget is "
+              "checked on the drift-corrected figure (ratio to the parent x the parent's profiled latency)",
+              file=sys.stderr)
+    return winner
 
 
-def _summary(ranked, parent_pred: pd.Series, workload, opts, winner, cands: pd.DataFrame, measured: dict,
-             parent_row: dict,
-             ppl_parent: float, ppl_child: float, held, device: str, search_s: float) -> dict[str, Any]:
-    space, m = ranked.space, opts.metric
-    win = cands.set_index("arch_id").loc[winner.id]
-    summary = {
-        "latprune_summary_version": 2,
-        "measured_means": "ratio to the parent, timed side by side, x the parent's latency when profiled "
-                          "(drift-corrected); raw figures are under measured_raw",
-        "device": device, "metric": m, "budget_ms": opts.latency_ms, "margin": opts.margin,
-        "workload": workload.to_dict(), "strategy": opts.strategy,
-        "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
-        "evaluations": len(cands),
-        "device_measurements": len(measured_ids := cands[cands.finalist].arch_id) * ROUNDS,
-        "verification_rounds": ROUNDS,
-        "search_seconds": round(search_s, 1),
-        "eval": {"heldout_windows": int(held.shape[0]), "window": WINDOW, "search_windows": SEARCH_WINDOWS},
-        "parent": {"architecture": space.largest().to_dict(), "parameters": space.num_params(space.largest()),
-                   "heldout_perplexity": ppl_parent,
-                   "predicted": {k: float(parent_pred[k]) for k in METRICS},
-                   "measured": {k: float(v) for k, v in parent_row["measured"].items()},
-                   "measured_raw": {k: float(v) for k, v in parent_row["raw"].items()},
-                   "drift": {k: float(v) for k, v in parent_row["drift"].items()}},
-        "winner": {"architecture": winner.to_dict(), "architecture_id": winner.id, "describe": winner.describe(),
-                   "parameters": space.num_params(winner), "heldout_perplexity": ppl_child,
-                   "calibration_perplexity": float(win.perplexity),
-                   "predicted": {k: float(win[f"pred_{k}"]) for k in METRICS},
-                   "predicted_upper": {k: float(win[f"pred_{k}_upper"]) for k in STEPS},
-                   "measured": {k: float(measured[k]) for k in METRICS},
-                   "measured_raw": {k: float(measured[stat_column(k, "raw_ms")]) for k in STEPS}},
-        "finalists": list(measured_ids),
-    }
-    pp, pm = summary["parent"], summary["winner"]
-    summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
-                              "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
-    if opts.pareto:
-        summary["pareto"] = spread(pareto_front(cands, f"pred_{m}"), f"pred_{m}", opts.pareto)[
-            ["arch_id", "describe", "perplexity", f"pred_{m}"]].to_dict("records")
-    return summary
+def recover(prep: Prepared, child: nn.Module, checkpoint: Path, progress: bool = True) -> dict[str, Any] | None:
+    """Distil `child` from the parent for `opts.distill_steps` steps (resumable from `checkpoint`)."""
+    if not prep.opts.distill_steps:
+        return None
+    from latprune.compress.distill import DistillConfig, distill
+
+    cfg = DistillConfig(steps=prep.opts.distill_steps, seed=prep.opts.seed)
+    train = calibration_windows(prep.ranked.tokenizer, prep.ranked.text, WINDOW, max_windows=None)
+    distill(child, prep.ranked.model, train, cfg, checkpoint, progress)
+    return {"steps": cfg.steps, "tokens": cfg.tokens(WINDOW)}
+
+
+def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path, *,
+           predictor: str | Path | None = None, text: str | Path | None = None, workload: Workload | None = None,
+           devices_file: str | Path | None = None, allow_mismatch: bool = False,
+           profile_record: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Search, verify the finalists on `device`, and write `out` (model/, onnx/,
+    candidates.parquet, summary.json). Raises (writing nothing) when no finalist meets the
+    budget on the device. Returns the summary."""
+    check_out(out, SEARCH_MARKER, [model, predictor, text, profile_record])
+    prep = prepare(model, device, opts, predictor=predictor, text=text, workload=workload,
+                   devices_file=devices_file, allow_mismatch=allow_mismatch, progress=progress)
+    answer = parent_answer(prep)
+    if answer is not None:
+        return answer
+    cands = candidates(prep, progress)
+    search_s = time.perf_counter() - prep.started
+    verified = verify_finalists(prep, cands, profile_record, progress)
+    winner = choose_winner(prep, verified)
+    result = SearchResult(prep, cands, verified, winner, prep.ranked.extract(winner), search_s)
+    result.measure_quality()
+    checkpoint = Path(str(out) + ".distill-checkpoint")
+    if (info := recover(prep, result.child, checkpoint, progress)) is not None:
+        result.measure_quality(distill=info)
+    result.write(out, inputs=[model, predictor, text, profile_record])
+    remove_output(checkpoint, CHECKPOINT_MARKER)
+    return result.summary()
+
+
+@dataclass
+class SearchResult:
+    """A finished search: candidates, verification, the winner and its (extracted) model."""
+
+    prep: Prepared
+    cands: pd.DataFrame
+    verified: Verification
+    winner: Architecture
+    child: nn.Module
+    search_s: float
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    def measure_quality(self, distill: dict[str, Any] | None = None) -> None:
+        """Held-out perplexity of parent and winner (after `distill`, when given)."""
+        ranked = self.prep.ranked
+        held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, HELDOUT_WINDOWS)
+        if "parent" not in self.quality:
+            self.quality.update(parent=perplexity(ranked.model, held), windows=int(held.shape[0]))
+        if distill is not None:
+            self.quality.update(before_distill=self.quality["winner"], distill=distill)
+        self.quality["winner"] = perplexity(self.child, held)
+
+    def write(self, out: str | Path, inputs: list) -> None:
+        """Write model/, onnx/, candidates.parquet and summary.json atomically into `out`."""
+        ranked = self.prep.ranked
+        summary = self.summary()
+        with atomic_dir(out, SEARCH_MARKER, inputs) as tmp:
+            save_compressed(self.child, self.winner, tmp / "model", ranked.model.config, ranked.tokenizer,
+                            {"search": summary})
+            export_onnx(self.child, tmp / "onnx")
+            self.cands.to_parquet(tmp / "candidates.parquet", index=False)
+            (tmp / SEARCH_MARKER).write_text(json.dumps(summary, indent=2, default=float))
+
+    def summary(self) -> dict[str, Any]:
+        """The summary.json dict: parent vs winner, predicted vs measured, quality."""
+        opts, m = self.prep.opts, self.prep.opts.metric
+        summary = {
+            "latprune_summary_version": SUMMARY_VERSION,
+            "measured_means": "ratio to the parent, timed side by side, x the parent's latency when profiled "
+                              "(drift-corrected); raw figures are under measured_raw",
+            "device": self.prep.device.name, "metric": m, "budget_ms": opts.latency_ms,
+            "margin": opts.safety_margin, "workload": self.prep.workload.to_dict(), "strategy": opts.strategy,
+            "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
+            "evaluations": len(self.cands), "device_measurements": len(self.verified.finalists) * ROUNDS,
+            "verification_rounds": ROUNDS, "search_seconds": round(self.search_s, 1),
+            "eval": {"heldout_windows": self.quality["windows"], "window": WINDOW, "search_windows": SEARCH_WINDOWS},
+            "parent": self._parent(), "winner": self._winner(),
+            "finalists": [a.id for a in self.verified.finalists],
+        }
+        pp, pm = summary["parent"], summary["winner"]
+        summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
+                                  "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
+        if "distill" in self.quality:
+            summary["distill"] = self.quality["distill"]
+        if opts.pareto:
+            summary["pareto"] = spread(pareto_front(self.cands, f"pred_{m}"), f"pred_{m}", opts.pareto)[
+                ["arch_id", "describe", "perplexity", f"pred_{m}"]].to_dict("records")
+        return summary
+
+    def _parent(self) -> dict[str, Any]:
+        space, parent = self.prep.ranked.space, self.verified.parent
+        predicted = self.prep.predictor.predict([space.largest()], self.prep.workload).iloc[0]
+        return {"architecture": space.largest().to_dict(), "parameters": space.num_params(space.largest()),
+                "heldout_perplexity": self.quality["parent"],
+                "predicted": {k: float(predicted[k]) for k in METRICS},
+                "measured": {k: float(v) for k, v in parent["measured"].items()},
+                "measured_raw": {k: float(v) for k, v in parent["raw"].items()},
+                "drift": {k: float(v) for k, v in parent["drift"].items()}}
+
+    def _winner(self) -> dict[str, Any]:
+        w, space = self.winner, self.prep.ranked.space
+        row, measured = self.cands.set_index("arch_id").loc[w.id], self.verified.measured[w.id]
+        out = {"architecture": w.to_dict(), "architecture_id": w.id, "describe": w.describe(),
+               "parameters": space.num_params(w), "heldout_perplexity": self.quality["winner"],
+               "calibration_perplexity": float(row.perplexity),
+               "predicted": {k: float(row[f"pred_{k}"]) for k in METRICS},
+               "predicted_upper": {k: float(row[f"pred_{k}_upper"]) for k in STEPS},
+               "measured": {k: float(measured[k]) for k in METRICS},
+               "measured_raw": {k: float(measured[stat_column(k, "raw_ms")]) for k in STEPS}}
+        if "before_distill" in self.quality:
+            out["heldout_perplexity_before_distill"] = self.quality["before_distill"]
+        return out

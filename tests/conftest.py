@@ -62,6 +62,12 @@ def smol_like_config():
                        num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
 
 
+def smol_like_space():
+    from latprune import SearchSpace
+
+    return SearchSpace.from_config(smol_like_config())
+
+
 def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None):
     """A profile frame whose latencies follow a known law of the features (1% noise)."""
     import json

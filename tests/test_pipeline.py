@@ -13,6 +13,7 @@ pytestmark = pytest.mark.real_model  # needs the default model's tokenizer
 
 def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     import latprune.profiling.run as profiling_run
+    from latprune.search.options import SearchOptions
     from latprune.search.pipeline import run_pipeline
 
     tokenizer = load_tokenizer("default")
@@ -24,7 +25,8 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(profiling_run, "DRIFT_THRESHOLD", 10.0)  # sub-ms timings of a toy model are noisy
 
-    summary = run_pipeline(str(model_dir), "cpu", samples=14, evaluations=6, out="out/run", log=lambda *_: None)
+    summary = run_pipeline(str(model_dir), "cpu", SearchOptions(None, evaluations=6), samples=14, out="out/run",
+                           log=lambda *_: None)
 
     out = tmp_path / "out" / "run"
     for name in ("summary.json", "candidates.parquet", "report.md", "report.html", "onnx/model.onnx",

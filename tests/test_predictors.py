@@ -9,8 +9,7 @@ from latprune.predictors.predictor import Predictor
 from latprune.profiling.sampling import profile_plan
 from latprune.workload import Workload
 
-from conftest import synthetic_profile
-from test_space import smol_like_space
+from conftest import smol_like_space, synthetic_profile
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,9 @@ def test_parent_reference_timings_anchor_the_largest_architecture():
     ref = frame[(frame.layers == 30) & (frame.mlp == 1536) & (frame.hidden == 576) & (frame.heads == 9)].iloc[[0]]
     true_decode = float(ref.decode_ms.iloc[0]) * 1.3  # the parent re-timed slower than its one sample row
     spread = [true_decode * f for f in (0.98, 1, 1, 1.01, 1.02)]
+    # as the profiler records them: every reference row on the baseline's scale, raw timings spread around it
     reference = pd.concat([ref] * 5, ignore_index=True).assign(role="reference", workload="w", e2e_ms=0.0,
-                                                                decode_ms=spread)
+                                                                decode_ms=true_decode, decode_raw_ms=spread)
     without = Predictor.fit(frame).predict([largest]).decode_ms.iloc[0]
     with_refs = Predictor.fit(pd.concat([frame, reference], ignore_index=True))
     assert with_refs.meta["rows"]["reference_median_rows"] == 1

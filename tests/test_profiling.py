@@ -20,7 +20,7 @@ from latprune.profiling.sampling import profile_plan
 from latprune.profiling.timing import _Runner, make_session
 from latprune.workload import Workload
 
-from conftest import make_tiny, tiny_configs
+from conftest import make_tiny, smol_like_space, tiny_configs
 
 
 @pytest.fixture
@@ -65,7 +65,6 @@ def test_user_device_from_toml(tmp_path):
 
 
 def test_plan_is_seeded_distinct_and_spans_sizes():
-    from test_space import smol_like_space
 
     space = smol_like_space()
     plan = profile_plan(space, 20, seed=3)
@@ -155,15 +154,16 @@ def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_pa
 
 def test_verification_reports_on_the_predictors_scale_whatever_the_record(tiny_dir, tmp_path):
     from latprune.models import load_config
-    from latprune.search.verify import measure_all
+    from latprune.profiling.verify import measure_finalists
 
     device = dataclasses.replace(get_device("cpu"), warmup=0, min_repeats=2, min_time_s=0.0, bursts=3, max_bursts=3)
     config = load_config(str(tiny_dir))
     arch = SearchSpace.from_config(config).smallest()
     record = tmp_path / "verify.parquet"  # a fresh file: its own first reference row, its own baseline
     predictor_scale = {"prefill_ms": 100.0, "decode_ms": 10.0}
-    measured, parent = measure_all(config, device, Workload(prompt=16, generate=4), [arch], record, rounds=1,
-                                   baseline=predictor_scale)
+    verified = measure_finalists(config, device, Workload(prompt=16, generate=4), [arch], record, rounds=1,
+                                 baseline=predictor_scale)
+    measured, parent = verified.measured, verified.parent
     row = measured[arch.id]
     assert parent["measured"]["decode_ms"] == 10.0 and row["decode_ms"] == row["decode_ratio"] * 10.0
     assert row["e2e_ms"] == row["prefill_ms"] + 4 * row["decode_ms"]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def ranked():
-    from latprune.compress.workflow import rank_model
+    from latprune.compress.ranked import rank_model
 
     return rank_model("default", progress=False)
 

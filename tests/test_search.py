@@ -3,13 +3,15 @@
 import pytest
 import torch
 
-from latprune import LatpruneError
+from latprune import LatpruneError, SearchSpace
 from latprune.compress.importance import compute_ranking
-from latprune.compress.workflow import RankedModel
+from latprune.compress.ranked import RankedModel
 from latprune.predictors.predictor import Predictor
+from latprune.search.evaluate import Evaluator
+from latprune.search.options import SearchOptions
 from latprune.search.pareto import pareto_front
 from latprune.search.strategies import layer_family
-from latprune.search.workflow import SearchOptions, find_candidates
+from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
 from conftest import VOCAB, make_tiny, synthetic_profile
@@ -19,7 +21,7 @@ from conftest import VOCAB, make_tiny, synthetic_profile
 def setup():
     model = make_tiny("llama")
     windows = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
-    ranked = RankedModel(model, None, __import__("latprune").SearchSpace.from_config(model.config),
+    ranked = RankedModel(model, None, SearchSpace.from_config(model.config),
                          compute_ranking(model, windows, progress=False), "")
     predictor = Predictor.fit(synthetic_profile(40, config=model.config), "roofline")
     return ranked, predictor, windows
@@ -57,8 +59,7 @@ def test_infeasible_budget_names_the_minimum(setup):
 
 def test_layer_family_drops_least_important_layers_first(setup):
     ranked, predictor, windows = setup
-    family = layer_family(find_candidates.__globals__["Evaluator"](ranked, predictor, windows, Workload(),
-                                                                   "decode_ms", 1.0))
+    family = layer_family(Evaluator(ranked, predictor, windows, Workload(), "decode_ms", 1.0))
     assert family[0].layers == (int(ranked.ranking.layer_order[0]),)
 
 

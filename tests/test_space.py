@@ -4,15 +4,7 @@ import pytest
 from latprune import Architecture, LatpruneError, SearchSpace
 from latprune.compress.extract import extract
 
-from conftest import FAMILIES, make_tiny, tiny_configs
-
-
-def smol_like_space():
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
-    return SearchSpace.from_config(cfg)
+from conftest import FAMILIES, make_tiny, smol_like_space, tiny_configs
 
 
 def test_gqa_choices_keep_heads_a_multiple_of_groups():

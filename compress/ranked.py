@@ -1,0 +1,48 @@
+"""`RankedModel`: a parent with its tokenizer, search space, importance ranking and text;
+what the search and the compress commands start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from latprune.architecture import Architecture
+from latprune.models import load_parent, resolve
+from latprune.space import SearchSpace
+from latprune.text import calibration_windows, read_text
+
+from .extract import extract
+from .importance import load_or_compute_ranking
+from .ranking import Ranking
+
+CALIBRATION_WINDOWS = 32
+WINDOW = 128
+
+
+@dataclass
+class RankedModel:
+    """A parent model with its tokenizer, search space and importance ranking."""
+
+    model: nn.Module
+    tokenizer: Any
+    space: SearchSpace
+    ranking: Ranking
+    text: str
+
+    def extract(self, arch: Architecture) -> nn.Module:
+        return extract(self.model, arch, self.ranking, self.space)
+
+
+def rank_model(model: str | Path = "default", text: str | Path | None = None,
+               windows: int = CALIBRATION_WINDOWS, progress: bool = True) -> RankedModel:
+    """Load a parent and its importance ranking on the calibration part of `text`
+    (computed once and saved beside the model)."""
+    body = read_text(text)  # cheap checks first
+    parent, tokenizer = load_parent(model)
+    calib = calibration_windows(tokenizer, body, WINDOW, windows)
+    path = resolve(model)
+    ranking = load_or_compute_ranking(parent, path if path.is_dir() else path.parent, calib, progress)
+    return RankedModel(parent, tokenizer, SearchSpace.from_config(parent.config), ranking, body)

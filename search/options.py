@@ -1,0 +1,55 @@
+"""`SearchOptions`: what a search is asked to do, validated in one place before any work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from latprune.errors import LatpruneError
+from latprune.workload import METRICS
+
+DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
+STRATEGIES = ("nas", "random", "uniform", "layers")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """A latency budget (`latency_ms` of `metric`; None until `run` derives it from the
+    profile) and how to search under it. `safety_margin` is the user's: the predicted upper
+    bound must be <= budget x (1 - safety_margin)."""
+
+    latency_ms: float | None
+    metric: str = "decode_ms"
+    safety_margin: float = 0.0
+    evaluations: int = 60
+    strategy: str = "nas"
+    optimizer: str = DEFAULT_OPTIMIZER
+    seed: int = 0
+    finalists: int = 3
+    pareto: int = 0
+    distill_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise LatpruneError(f"--metric must be one of {', '.join(METRICS)}; got '{self.metric}'")
+        if self.strategy not in STRATEGIES:
+            raise LatpruneError(f"--strategy must be one of {', '.join(STRATEGIES)}; got '{self.strategy}'")
+        if self.latency_ms is not None and not (math.isfinite(self.latency_ms) and self.latency_ms > 0):
+            raise LatpruneError(f"--latency-ms must be a positive number; got {self.latency_ms}")
+        if not 0 <= self.safety_margin < 1:
+            raise LatpruneError(f"--margin must be in [0, 1); got {self.safety_margin}")
+        for name, lowest in (("evaluations", 1), ("finalists", 1), ("seed", 0), ("pareto", 0), ("distill_steps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise LatpruneError(f"--{name.replace('_', '-')} must be an integer >= {lowest}; got {value!r}")
+        if self.strategy == "nas" and self.optimizer != DEFAULT_OPTIMIZER:
+            import nevergrad as ng
+
+            if self.optimizer not in ng.optimizers.registry:
+                raise LatpruneError(f"unknown nevergrad optimizer '{self.optimizer}' (e.g. {DEFAULT_OPTIMIZER}, "
+                                    "NGOpt, DiscreteOnePlusOne)")
+
+    @property
+    def limit_ms(self) -> float:
+        """The limit the predicted upper bound is held to."""
+        return self.latency_ms * (1 - self.safety_margin)
