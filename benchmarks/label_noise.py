@@ -38,10 +38,9 @@ from latprune.predictors.accuracy import accuracy
 from latprune.predictors.features import features
 from latprune.predictors.predictor import _parent_space
 from latprune.predictors.surrogates import SURROGATES
-from latprune.profiling.dataset import ProfileWriter, read_profile, usable_rows
+from latprune.profiling.dataset import STEPS, ProfileWriter, read_profile, usable_rows
 from latprune.profiling.devices import get_device
 from latprune.profiling.run import Profiler
-from latprune.profiling.timing import STEPS
 from latprune.workload import Workload
 
 

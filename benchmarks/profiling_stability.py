@@ -87,7 +87,8 @@ def main() -> None:
         policies["B"] = with_overrides(ap, policies["A"], args.versus, "--versus")
     experiments: list[tuple[str, dict[str, list[dict]]]] = []  # (policy, runs) in the order run
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Profiler(load_config("default"), policies["A"], Workload(), ProfileWriter(Path(tmp) / "unused.parquet"))
+        cache = Profiler(load_config("default"), policies["A"], Workload(), ProfileWriter(Path(tmp) / "unused.parquet"),
+                         keep_onnx=True)  # the shared graph folder the experiments keep their graphs in
         space = cache.space
         archs = profile_plan(space, args.archs, seed=7)
         try:
