@@ -50,6 +50,13 @@ def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, paren
     return Path(out)
 
 
+def cast_copy(model: nn.Module, dtype: str) -> nn.Module:
+    """A copy of `model` with its weights in `dtype` ('bf16' or 'fp32'), as it will be saved."""
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     meta_file = Path(path) / MODEL_MARKER
     if not meta_file.is_file():

@@ -154,6 +154,28 @@ def _interrupted(checkpoint, student: nn.Module, opt: torch.optim.Optimizer, don
                        f"{checkpoint}: rerun the same command to resume")
 
 
+def seconds_per_step(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: DistillConfig) -> float:
+    """Seconds one optimizer step takes here: one micro-batch's forward and backward, timed
+    and discarded (no parameter changes), x the micro-batches per step."""
+    student.train()
+    t0 = time.perf_counter()
+    _loss(student, teacher, _batch(windows, cfg, 0, 0), cfg).backward()
+    elapsed = time.perf_counter() - t0
+    student.zero_grad(set_to_none=True)
+    student.eval()
+    return elapsed * cfg.grad_accum
+
+
+def steps_within(minutes: float, student: nn.Module, teacher: nn.Module, windows: torch.Tensor,
+                 checkpoint: str | Path | None = None, **settings) -> int:
+    """The number of steps that fit in `minutes` here, or the step count of an unfinished
+    run in `checkpoint` (so a rerun resumes the same schedule)."""
+    if checkpoint is not None and (Path(checkpoint) / CHECKPOINT_MARKER).is_file():
+        return int(json.loads((Path(checkpoint) / CHECKPOINT_MARKER).read_text())["config"]["steps"])
+    per_step = seconds_per_step(student, teacher, windows, DistillConfig(**settings))
+    return max(1, int(minutes * 60 / per_step))
+
+
 def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: DistillConfig,
             checkpoint: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> nn.Module:
     """Distil `teacher` into `student` in place; resumes from `checkpoint` when it exists.

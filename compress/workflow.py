@@ -11,10 +11,10 @@ from latprune.errors import LatpruneError
 from latprune.files import CHECKPOINT_MARKER, MODEL_MARKER, check_out, remove_output
 from latprune.models import load_config, load_parent, load_tokenizer, model_identity
 from latprune.space import SearchSpace, check_keep
-from latprune.text import calibration_windows, heldout_windows, read_text
+from latprune.text import calibration_windows, heldout_windows, read_text, second_windows
 
 from .checkpoint import load_any, save_compressed
-from .quality import perplexity
+from .quality import perplexity, quality_report
 from .ranked import WINDOW, rank_model
 
 EVAL_WINDOWS = 40
@@ -37,16 +37,18 @@ def compress(model: str | Path, out: str | Path, arch: Architecture | None = Non
         arch = space.scaled(keep if keep is not None else 0.6, ranked.ranking.layer_order)
     child = ranked.extract(arch)
     held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, eval_windows)
+    second = second_windows(ranked.tokenizer, WINDOW, eval_windows)
     t0 = time.perf_counter()
     ppl_parent = perplexity(ranked.model, held, progress=progress)
-    ppl_child = perplexity(child, held, progress=progress)
+    child_quality = quality_report(child, ranked.model, held, second)
     summary = {
         "architecture": arch.to_dict(),
         "architecture_id": arch.id,
         "parameters": space.num_params(arch),
         "parent_parameters": space.num_params(space.largest()),
-        "perplexity": ppl_child,
+        "perplexity": child_quality["heldout_perplexity"],
         "parent_perplexity": ppl_parent,
+        "child_quality": child_quality,
         "eval": {"windows": int(held.shape[0]), "window": WINDOW, "seconds": round(time.perf_counter() - t0, 1)},
     }
     save_compressed(child, arch, out, ranked.model.config, ranked.tokenizer, {"quality": summary}, [model, text])
@@ -65,8 +67,10 @@ def evaluate(model: str | Path, text: str | Path | None = None, windows: int = E
     body = read_text(text)  # cheap checks first
     net, tokenizer = load_any(model), load_tokenizer(model)
     held = heldout_windows(tokenizer, body, WINDOW, windows)
+    second = second_windows(tokenizer, WINDOW, windows)
     return {"perplexity": perplexity(net, held, progress=progress), "windows": int(held.shape[0]),
-            "window": WINDOW, "parameters": sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())}
+            "second_text_perplexity": perplexity(net, second, progress=progress), "window": WINDOW,
+            "parameters": sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())}
 
 
 def distill_model(student: str | Path, teacher: str | Path, out: str | Path, steps: int = 200,
@@ -93,15 +97,17 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
     student_model = load_any(student)
     calib = calibration_windows(tokenizer, body, WINDOW, max_windows=None)
     held = heldout_windows(tokenizer, body, WINDOW, eval_windows)
-    before = perplexity(student_model, held, progress=progress)
+    second = second_windows(tokenizer, WINDOW, eval_windows)
+    before = quality_report(student_model, teacher_model, held, second)
     t0 = time.perf_counter()
     checkpoint = Path(out).with_name(Path(out).name + ".distill-checkpoint")
     distill(student_model, teacher_model, calib, cfg, checkpoint, progress)
     seconds = time.perf_counter() - t0
-    after = perplexity(student_model, held, progress=progress)
+    after = quality_report(student_model, teacher_model, held, second)
     info = {"steps": steps, "tokens": cfg.tokens(WINDOW), "seconds_this_run": round(seconds, 1),
             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-            "heldout_perplexity_before": before, "heldout_perplexity_after": after,
+            "heldout_perplexity_before": before["heldout_perplexity"],
+            "heldout_perplexity_after": after["heldout_perplexity"], "quality_before": before, "quality_after": after,
             "parent_heldout_perplexity": perplexity(teacher_model, held, progress=progress),
             "eval": {"windows": int(held.shape[0]), "window": WINDOW}}
     kept = {k: meta[k] for k in ("quality", "search") if k in meta}

@@ -66,7 +66,8 @@ def cmd_eval(args) -> int:
 
     result = evaluate(args.model, text=args.text, windows=args.windows)
     print(f"{args.model}: held-out perplexity {result['perplexity']:.3f} over {result['windows']} windows of "
-          f"{result['window']} tokens; {result['parameters']:,} parameters")
+          f"{result['window']} tokens (second text, never trained on: {result['second_text_perplexity']:.3f}); "
+          f"{result['parameters']:,} parameters")
     return 0
 
 
@@ -125,7 +126,8 @@ def _search_options(args, latency_ms: float | None):
                          evaluations=args.evaluations, strategy=getattr(args, "strategy", "nas"),
                          optimizer=getattr(args, "optimizer", None) or _default_optimizer(), seed=args.seed,
                          finalists=getattr(args, "finalists", 3), pareto=getattr(args, "pareto", 0),
-                         distill_steps=getattr(args, "distill_steps", 0))
+                         distill_steps=getattr(args, "distill_steps", 0), recover_minutes=args.recover_minutes,
+                         dtype=args.dtype)
 
 
 def cmd_search(args) -> int:
@@ -151,8 +153,12 @@ def _print_winner(summary: dict, out) -> None:
           f"  {m}: measured {w['measured'][m]:.2f} ms (budget {summary['budget_ms']:g} ms; predicted "
           f"{w['predicted'][m]:.2f} ms); parent measured {p['measured'][m]:.2f} ms\n"
           f"  speedup: measured {sp['measured']:.2f}x, predicted {sp['predicted']:.2f}x\n"
-          f"  held-out perplexity {w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f})\n"
-          f"wrote {out}")
+          f"  held-out perplexity {w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f})")
+    if "quality" in p:
+        from latprune.search.report import quality_table
+
+        print(quality_table(summary))
+    print(f"wrote {out}")
 
 
 def cmd_run(args) -> int:
@@ -181,9 +187,12 @@ def cmd_distill(args) -> int:
 
     info = distill_model(args.student, args.teacher, args.out, steps=args.steps, text=args.text, lr=args.lr,
                          seed=args.seed)
+    before, after = info["quality_before"], info["quality_after"]
     print(f"distilled {args.steps} steps ({info['tokens']:,} tokens, {info['seconds_this_run']:.0f} s): held-out "
-          f"perplexity {info['heldout_perplexity_before']:.2f} -> {info['heldout_perplexity_after']:.2f} "
-          f"(parent {info['parent_heldout_perplexity']:.2f}); wrote {args.out}")
+          f"perplexity {before['heldout_perplexity']:.2f} -> {after['heldout_perplexity']:.2f} "
+          f"(parent {info['parent_heldout_perplexity']:.2f}); second text {before['second_text_perplexity']:.2f} -> "
+          f"{after['second_text_perplexity']:.2f}; KL to the parent {before['kl_to_parent']:.3f} -> "
+          f"{after['kl_to_parent']:.3f}; wrote {args.out}")
     return 0
 
 
@@ -250,6 +259,15 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finalists", type=_integer(1), default=3, help="top candidates timed on the device")
     p.add_argument("--pareto", type=_integer(0), default=0, help="also report K points of the perplexity/latency "
                                                                   "front")
+
+
+def _recovery_args(p: argparse.ArgumentParser) -> None:
+    from latprune.search.options import DEFAULT_RECOVER_MINUTES, DTYPES
+
+    p.add_argument("--recover-minutes", type=_number(0, strict=False), default=DEFAULT_RECOVER_MINUTES,
+                   help=f"distil the winner from the parent for this long (default {DEFAULT_RECOVER_MINUTES:g}; "
+                        "0 skips); resumable")
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="dtype of the saved checkpoint (default bf16)")
 
 
 def _subparsers(parser: argparse.ArgumentParser):
@@ -343,8 +361,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the predictor's)")
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--allow-mismatch", action="store_true", help="use a predictor of another device/model")
-    p.add_argument("--distill-steps", type=_integer(0), default=0, help="distil the winner from the parent for N "
-                                                                         "steps")
+    p.add_argument("--distill-steps", type=_integer(0), default=0,
+                   help="recover the winner with exactly N distillation steps instead of --recover-minutes")
+    _recovery_args(p)
 
     p = add("run", cmd_run, "the whole pipeline: profile, fit, search, verify, export, report",
             "examples:\n  latprune run                       # default model, this CPU, budget = 60% "
@@ -358,6 +377,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                         "(default 60)")
     p.add_argument("--out", default="out/run")
     p.add_argument("--seed", **seed)
+    _recovery_args(p)
 
     p = add("report", cmd_report, "Markdown + HTML report of a search output directory",
             "example:\n  latprune report out/run --predictor out/predictors/cpu")

@@ -8,6 +8,7 @@ position_ids and past key/values, returning logits and the present key/values.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import tempfile
@@ -40,8 +41,10 @@ def random_model(parent_config, arch: Architecture, dtype: str = "fp32", device:
     return model.to(device=device, dtype=torch.float16 if dtype == "fp16" else torch.float32)
 
 
-def export_onnx(model, out_dir: str | Path, device: str = "cpu") -> Path:
-    """Export `model` to `out_dir/model.onnx` (with KV cache); returns the .onnx path."""
+def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = False) -> Path:
+    """Export `model` to `out_dir/model.onnx` (with KV cache); returns the .onnx path.
+    `final` (a delivered model, not a timing sample): tied weights are stored once, and the
+    folder's config is one optimum's `ORTModelForCausalLM` runs (see `_runtime_config`)."""
     from optimum.exporters.onnx import onnx_export_from_model
 
     out_dir = Path(out_dir)
@@ -53,9 +56,11 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu") -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             onnx_export_from_model(model, tmp, task="text-generation-with-past", do_validation=False, device=device,
-                                   no_post_process=True)  # post-processing only dedups tied weights: 1.5x slower
+                                   no_post_process=not final)  # post-processing dedups tied weights: 1.5x slower
         if not (tmp / "model.onnx").is_file():
             raise LatpruneError(f"the exporter wrote no model.onnx in {tmp}")
+        if final:
+            _runtime_config(tmp / "config.json")
         try:
             tmp.rename(out_dir)
         except OSError:  # another process exported the same graph meanwhile: use theirs
@@ -64,3 +69,18 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu") -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "model.onnx"
+
+
+def _runtime_config(path: Path) -> None:
+    """optimum's ORTModelForCausalLM sizes the KV cache with head_dim = hidden_size / heads,
+    but a pruned Llama-family model keeps its parent's head_dim while its heads shrink. The
+    ONNX folder's config then states hidden_size = heads x head_dim (the graph itself has the
+    real shapes) and keeps the true hidden size as `latprune_hidden_size`."""
+    data = json.loads(path.read_text())
+    heads, head_dim = data.get("num_attention_heads"), data.get("head_dim")
+    if heads and head_dim and data.get("hidden_size") != heads * head_dim:
+        data.update(latprune_hidden_size=data["hidden_size"], hidden_size=heads * head_dim,
+                    latprune_note="hidden_size here is num_attention_heads x head_dim, what optimum's "
+                                  "ORTModelForCausalLM derives head_dim from; the model's hidden size is "
+                                  "latprune_hidden_size (the graph has the real shapes)")
+        path.write_text(json.dumps(data, indent=2))

@@ -10,6 +10,8 @@ from latprune.workload import METRICS
 
 DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
 STRATEGIES = ("nas", "random", "uniform", "layers")
+DTYPES = ("bf16", "fp32")  # of the saved checkpoint
+DEFAULT_RECOVER_MINUTES = 8.0  # distillation of the winner; keeps `latprune run` within ~25 minutes here
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,9 @@ class SearchOptions:
     seed: int = 0
     finalists: int = 3
     pareto: int = 0
-    distill_steps: int = 0
+    distill_steps: int = 0  # > 0: recover the winner for exactly this many steps instead of recover_minutes
+    recover_minutes: float = DEFAULT_RECOVER_MINUTES
+    dtype: str = "bf16"
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -42,6 +46,10 @@ class SearchOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise LatpruneError(f"--{name.replace('_', '-')} must be an integer >= {lowest}; got {value!r}")
+        if not (isinstance(self.recover_minutes, int | float) and 0 <= self.recover_minutes < math.inf):
+            raise LatpruneError(f"--recover-minutes must be a number >= 0; got {self.recover_minutes!r}")
+        if self.dtype not in DTYPES:
+            raise LatpruneError(f"--dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
         if self.strategy == "nas" and self.optimizer != DEFAULT_OPTIMIZER:
             import nevergrad as ng
 

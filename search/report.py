@@ -95,6 +95,26 @@ def speedup_table(summary: dict, cands: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def quality_table(summary: dict) -> str:
+    """Markdown rows: the parent, the winner before and after recovery, and as saved."""
+    w, p = summary["winner"], summary["parent"]
+    rows = [("parent", p.get("quality"))]
+    if "quality_before_recovery" in w:
+        recovered = summary.get("recovery")
+        rows.append(("winner, pruned (zero-shot)", w["quality_before_recovery"]))
+        if recovered:
+            rows.append((f"winner, recovered ({recovered['steps']} distillation steps)", w["quality"]))
+    lines = ["| model | held-out ppl | second-text ppl | KL to parent (nats/token) | top-1 agreement |",
+             "|---|---|---|---|---|"]
+    for name, q in rows:
+        if q:
+            lines.append(f"| {name} | {q['heldout_perplexity']:.2f} | {q['second_text_perplexity']:.2f} | "
+                         f"{q['kl_to_parent']:.3f} | {q['top1_agreement']:.1%} |")
+    if "saved" in w:
+        lines.append(f"| winner as saved ({w['saved']['dtype']}) | {w['saved']['heldout_perplexity']:.2f} | | | |")
+    return "\n".join(lines)
+
+
 def _measurement_note(summary: dict) -> list[str]:
     """How measured figures were taken, and how far the machine had drifted (summary v2)."""
     p, w, m = summary["parent"], summary["winner"], summary["metric"]
@@ -143,6 +163,9 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         + f", {summary['evaluations']} perplexity evaluations, {summary['device_measurements']} on-device "
         f"timings, workload {summary['workload']}.",
         "",
+        *(["## Quality", "", "Held-out: every 5th paragraph of the text, never trained on; second text: standard-"
+            "library docstrings, never trained or calibrated on.", "", quality_table(summary), ""]
+          if "quality" in p else []),
         "## Speedup: parent vs finalists",
         "",
         speedup_table(summary, cands),

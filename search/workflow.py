@@ -3,8 +3,8 @@
 Phases, each a function: `prepare` (device, predictor, ranked parent) -> `find_candidates`
 (the strategy against the predictor) -> `verify_finalists` (paired timings on the device) ->
 `choose_winner` (best calibration perplexity that meets the budget on the device) ->
-`recover` (optional distillation) -> `SearchResult.write` (model/, onnx/,
-candidates.parquet, summary.json).
+`recover` (distillation of the winner from the parent, time-budgeted by default) ->
+`SearchResult.write` (model/ in bf16, onnx/, candidates.parquet, summary.json).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
-from latprune.compress.checkpoint import save_compressed
-from latprune.compress.quality import perplexity
+from latprune.compress.checkpoint import cast_copy, save_compressed
+from latprune.compress.quality import perplexity, quality_report
 from latprune.compress.ranked import WINDOW, RankedModel, rank_model
 from latprune.errors import LatpruneError
 from latprune.files import CHECKPOINT_MARKER, SEARCH_MARKER, atomic_dir, check_out, remove_output
@@ -33,7 +33,7 @@ from latprune.profiling.dataset import STEPS, default_profile, stat_column
 from latprune.profiling.devices import Device, check_available, get_device
 from latprune.profiling.export import export_onnx
 from latprune.profiling.verify import ROUNDS, Verification, measure_finalists
-from latprune.text import calibration_windows, heldout_windows
+from latprune.text import calibration_windows, heldout_windows, second_windows
 from latprune.workload import METRICS, Workload
 
 from .evaluate import Evaluator
@@ -165,15 +165,23 @@ def choose_winner(prep: Prepared, verified: Verification) -> Architecture:
 
 
 def recover(prep: Prepared, child: nn.Module, checkpoint: Path, progress: bool = True) -> dict[str, Any] | None:
-    """Distil `child` from the parent for `opts.distill_steps` steps (resumable from `checkpoint`)."""
-    if not prep.opts.distill_steps:
+    """Distil `child` from the parent, for `opts.distill_steps` steps or as many as fit in
+    `opts.recover_minutes` (resumable from `checkpoint`); None when asked for neither."""
+    opts = prep.opts
+    if not opts.distill_steps and not opts.recover_minutes:
         return None
-    from latprune.compress.distill import DistillConfig, distill
+    from latprune.compress.distill import DistillConfig, distill, steps_within
 
-    cfg = DistillConfig(steps=prep.opts.distill_steps, seed=prep.opts.seed)
     train = calibration_windows(prep.ranked.tokenizer, prep.ranked.text, WINDOW, max_windows=None)
+    steps = opts.distill_steps or steps_within(opts.recover_minutes, child, prep.ranked.model, train, checkpoint,
+                                               seed=opts.seed)
+    cfg = DistillConfig(steps=steps, seed=opts.seed)
+    t0 = time.perf_counter()
     distill(child, prep.ranked.model, train, cfg, checkpoint, progress)
-    return {"steps": cfg.steps, "tokens": cfg.tokens(WINDOW)}
+    return {"steps": steps, "tokens": cfg.tokens(WINDOW), "minutes_budget": None if opts.distill_steps else
+            opts.recover_minutes, "seconds_this_run": round(time.perf_counter() - t0, 1),
+            "text": "calibration part of the text (held-out and second texts never trained on)",
+            "config": asdict(cfg)}
 
 
 def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path, *,
@@ -194,10 +202,11 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     verified = verify_finalists(prep, cands, profile_record, progress)
     winner = choose_winner(prep, verified)
     result = SearchResult(prep, cands, verified, winner, prep.ranked.extract(winner), search_s)
-    result.measure_quality()
+    result.measure_quality("before_recovery")
     checkpoint = Path(str(out) + ".distill-checkpoint")
     if (info := recover(prep, result.child, checkpoint, progress)) is not None:
-        result.measure_quality(distill=info)
+        result.quality["recovery"] = info
+        result.measure_quality("after_recovery")
     result.write(out, inputs=[model, predictor, text, profile_record])
     remove_output(checkpoint, CHECKPOINT_MARKER)
     return result.summary()
@@ -215,24 +224,30 @@ class SearchResult:
     search_s: float
     quality: dict[str, Any] = field(default_factory=dict)
 
-    def measure_quality(self, distill: dict[str, Any] | None = None) -> None:
-        """Held-out perplexity of parent and winner (after `distill`, when given)."""
+    def measure_quality(self, stage: str) -> None:
+        """Quality of the winner at `stage` (and of the parent, once): held-out perplexity,
+        KL and top-1 agreement with the parent, second-text perplexity."""
         ranked = self.prep.ranked
         held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, HELDOUT_WINDOWS)
+        second = second_windows(ranked.tokenizer, WINDOW, HELDOUT_WINDOWS)
         if "parent" not in self.quality:
-            self.quality.update(parent=perplexity(ranked.model, held), windows=int(held.shape[0]))
-        if distill is not None:
-            self.quality.update(before_distill=self.quality["winner"], distill=distill)
-        self.quality["winner"] = perplexity(self.child, held)
+            self.quality.update(parent=quality_report(ranked.model, ranked.model, held, second),
+                                windows=int(held.shape[0]))
+        self.quality[stage] = quality_report(self.child, ranked.model, held, second)
+        self.quality["final"] = self.quality[stage]
 
     def write(self, out: str | Path, inputs: list) -> None:
-        """Write model/, onnx/, candidates.parquet and summary.json atomically into `out`."""
-        ranked = self.prep.ranked
+        """Write model/ (in `opts.dtype`), onnx/, candidates.parquet and summary.json atomically
+        into `out`; the perplexity change of the dtype cast is measured and recorded first."""
+        ranked, dtype = self.prep.ranked, self.prep.opts.dtype
+        saved = cast_copy(self.child, dtype)
+        held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, HELDOUT_WINDOWS)
+        self.quality["saved"] = {"dtype": dtype, "heldout_perplexity": perplexity(cast_copy(saved, "fp32"), held)}
         summary = self.summary()
         with atomic_dir(out, SEARCH_MARKER, inputs) as tmp:
-            save_compressed(self.child, self.winner, tmp / "model", ranked.model.config, ranked.tokenizer,
+            save_compressed(saved, self.winner, tmp / "model", ranked.model.config, ranked.tokenizer,
                             {"search": summary})
-            export_onnx(self.child, tmp / "onnx")
+            export_onnx(self.child, tmp / "onnx", final=True)
             self.cands.to_parquet(tmp / "candidates.parquet", index=False)
             (tmp / SEARCH_MARKER).write_text(json.dumps(summary, indent=2, default=float))
 
@@ -255,8 +270,8 @@ class SearchResult:
         pp, pm = summary["parent"], summary["winner"]
         summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
                                   "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
-        if "distill" in self.quality:
-            summary["distill"] = self.quality["distill"]
+        if "recovery" in self.quality:
+            summary["recovery"] = self.quality["recovery"]
         if opts.pareto:
             summary["pareto"] = spread(pareto_front(self.cands, f"pred_{m}"), f"pred_{m}", opts.pareto)[
                 ["arch_id", "describe", "perplexity", f"pred_{m}"]].to_dict("records")
@@ -266,7 +281,8 @@ class SearchResult:
         space, parent = self.prep.ranked.space, self.verified.parent
         predicted = self.prep.predictor.predict([space.largest()], self.prep.workload).iloc[0]
         return {"architecture": space.largest().to_dict(), "parameters": space.num_params(space.largest()),
-                "heldout_perplexity": self.quality["parent"],
+                "heldout_perplexity": self.quality["parent"]["heldout_perplexity"],
+                "quality": self.quality["parent"],
                 "predicted": {k: float(predicted[k]) for k in METRICS},
                 "measured": {k: float(v) for k, v in parent["measured"].items()},
                 "measured_raw": {k: float(v) for k, v in parent["raw"].items()},
@@ -276,12 +292,13 @@ class SearchResult:
         w, space = self.winner, self.prep.ranked.space
         row, measured = self.cands.set_index("arch_id").loc[w.id], self.verified.measured[w.id]
         out = {"architecture": w.to_dict(), "architecture_id": w.id, "describe": w.describe(),
-               "parameters": space.num_params(w), "heldout_perplexity": self.quality["winner"],
+               "parameters": space.num_params(w), "heldout_perplexity": self.quality["final"]["heldout_perplexity"],
+               "quality": self.quality["final"], "quality_before_recovery": self.quality["before_recovery"],
                "calibration_perplexity": float(row.perplexity),
                "predicted": {k: float(row[f"pred_{k}"]) for k in METRICS},
                "predicted_upper": {k: float(row[f"pred_{k}_upper"]) for k in STEPS},
                "measured": {k: float(measured[k]) for k in METRICS},
                "measured_raw": {k: float(measured[stat_column(k, "raw_ms")]) for k in STEPS}}
-        if "before_distill" in self.quality:
-            out["heldout_perplexity_before_distill"] = self.quality["before_distill"]
+        if "saved" in self.quality:
+            out["saved"] = self.quality["saved"]
         return out

@@ -1,6 +1,7 @@
 """The whole pipeline (`latprune run`) end to end on a tiny Llama that uses SmolLM2's tokenizer."""
 
 import json
+import re
 
 import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -25,8 +26,8 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(profiling_run, "DRIFT_THRESHOLD", 10.0)  # sub-ms timings of a toy model are noisy
 
-    summary = run_pipeline(str(model_dir), "cpu", SearchOptions(None, evaluations=6), samples=14, out="out/run",
-                           log=lambda *_: None)
+    opts = SearchOptions(None, evaluations=6, distill_steps=2)
+    summary = run_pipeline(str(model_dir), "cpu", opts, samples=14, out="out/run", log=lambda *_: None)
 
     out = tmp_path / "out" / "run"
     for name in ("summary.json", "candidates.parquet", "report.md", "report.html", "onnx/model.onnx",
@@ -45,3 +46,17 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     assert AutoModelForCausalLM.from_pretrained(out / "model").config.num_hidden_layers == \
         len(summary["winner"]["architecture"]["layers"])
     assert (tmp_path / "profiles" / "cpu.parquet").is_file() and (tmp_path / "out/predictors/cpu").is_dir()
+    # recovered by default, quality measured against the parent, saved in bf16; the checkpoint folder is gone
+    assert summary["recovery"]["steps"] == 2 and not (tmp_path / "out" / "run.distill-checkpoint").exists()
+    for q in (winner["quality"], winner["quality_before_recovery"], parent["quality"]):
+        assert set(q) == {"heldout_perplexity", "kl_to_parent", "top1_agreement", "second_text_perplexity"}
+    assert parent["quality"]["kl_to_parent"] == 0 and winner["quality"]["kl_to_parent"] > 0
+    from safetensors import safe_open
+
+    with safe_open(out / "model" / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert winner["saved"]["dtype"] == "bf16"
+    # the report shows this run's own plots only
+    report = (out / "report.md").read_text()
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert sorted(images) == ["pareto.png", "predicted_vs_measured.png"] and "## Quality" in report
