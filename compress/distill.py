@@ -79,7 +79,11 @@ def _lr_lambda(cfg: DistillConfig):
 def _loss(student: nn.Module, teacher: nn.Module, batch: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
     with torch.no_grad():
         t_logits = teacher(input_ids=batch, use_cache=False).logits.float()
-    s_logits = student(input_ids=batch, use_cache=False).logits.float()
+    return kd_loss(student(input_ids=batch, use_cache=False).logits.float(), t_logits, batch, cfg)
+
+
+def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, batch: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    """T^2 x KL(teacher_T || student_T) per token, + lm_weight x next-token cross-entropy."""
     t = cfg.temperature
     kl = nn.functional.kl_div(nn.functional.log_softmax(s_logits / t, -1), nn.functional.log_softmax(t_logits / t, -1),
                               log_target=True, reduction="batchmean") / batch.shape[1]
@@ -110,7 +114,7 @@ def load_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer
     from safetensors.torch import load_file, load_model
 
     meta = json.loads((Path(folder) / "state.json").read_text())
-    if meta["config"] != asdict(cfg):
+    if meta["config"] != json.loads(json.dumps(asdict(cfg))):
         raise LatpruneError(f"checkpoint {folder} was made with other settings {meta['config']}; "
                             "use the same options or another --out")
     load_model(student, str(Path(folder) / "student.safetensors"))
@@ -142,15 +146,15 @@ def _step(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: Di
 
 
 def _interrupted(checkpoint, student: nn.Module, opt: torch.optim.Optimizer, done: int, start: int,
-                 cfg: DistillConfig) -> Interrupted:
+                 cfg: DistillConfig, what: str = "distillation") -> Interrupted:
     """Save the finished steps on Ctrl-C and say exactly what was saved."""
     if checkpoint is None:
-        return Interrupted(f"distillation stopped after {done} of {cfg.steps} steps; nothing was saved")
+        return Interrupted(f"{what} stopped after {done} of {cfg.steps} steps; nothing was saved")
     if done > start:
         save_checkpoint(Path(checkpoint), student, opt, done, cfg)
     if done == 0:
-        return Interrupted("distillation stopped before its first step finished; nothing to save")
-    return Interrupted(f"distillation stopped after {done} of {cfg.steps} steps; those steps are saved in "
+        return Interrupted(f"{what} stopped before its first step finished; nothing to save")
+    return Interrupted(f"{what} stopped after {done} of {cfg.steps} steps; those steps are saved in "
                        f"{checkpoint}: rerun the same command to resume")
 
 

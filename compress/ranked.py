@@ -15,7 +15,7 @@ from latprune.space import SearchSpace
 from latprune.text import calibration_windows, read_text
 
 from .extract import extract
-from .importance import load_or_compute_ranking
+from .importance import load_or_compute_ranking, tokens_hash
 from .ranking import Ranking
 
 CALIBRATION_WINDOWS = 32
@@ -24,16 +24,21 @@ WINDOW = 128
 
 @dataclass
 class RankedModel:
-    """A parent model with its tokenizer, search space and importance ranking."""
+    """A parent model with its tokenizer, search space and importance ranking. `weights`:
+    the fine-tuned super-network sub-networks are cut from (None: the parent itself); the
+    parent stays the teacher and the quality reference. `text_key` identifies the
+    calibration tokens the ranking was computed on."""
 
     model: nn.Module
     tokenizer: Any
     space: SearchSpace
     ranking: Ranking
     text: str
+    text_key: str = ""
+    weights: nn.Module | None = None
 
     def extract(self, arch: Architecture) -> nn.Module:
-        return extract(self.model, arch, self.ranking, self.space)
+        return extract(self.weights if self.weights is not None else self.model, arch, self.ranking, self.space)
 
 
 def rank_model(model: str | Path = "default", text: str | Path | None = None,
@@ -45,4 +50,4 @@ def rank_model(model: str | Path = "default", text: str | Path | None = None,
     calib = calibration_windows(tokenizer, body, WINDOW, windows)
     path = resolve(model)
     ranking = load_or_compute_ranking(parent, path if path.is_dir() else path.parent, calib, progress)
-    return RankedModel(parent, tokenizer, SearchSpace.from_config(parent.config), ranking, body)
+    return RankedModel(parent, tokenizer, SearchSpace.from_config(parent.config), ranking, body, tokens_hash(calib))

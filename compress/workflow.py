@@ -115,3 +115,40 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
                     [student, teacher, text])
     remove_output(checkpoint, CHECKPOINT_MARKER)
     return info
+
+
+def supernet(model: str | Path = "default", out: str | Path | None = None, steps: int = 30,
+             text: str | Path | None = None, band: tuple[float, float] | None = None, seed: int = 0,
+             eval_windows: int = EVAL_WINDOWS, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune the super-network of `model` (sandwich rule, KD from the parent) and save it
+    to `out` (default: latprune's cache, keyed by parent, text, space and settings; reused
+    when there). Returns its metadata, with the parent's held-out perplexity before and after."""
+    import copy
+    import json
+
+    from latprune.files import SUPERNET_MARKER
+    from latprune.models import cache_dir
+
+    from .supernet import SupernetConfig, save_supernet, supernet_key, train_supernet
+
+    cfg = SupernetConfig(steps=steps, seed=seed, band=band)
+    if out is not None:
+        check_out(out, SUPERNET_MARKER, [model, text])
+    _check_windows(eval_windows)
+    ranked = rank_model(model, text, progress=progress)
+    key = supernet_key(ranked, cfg)
+    out = Path(out) if out is not None else cache_dir() / "supernet" / key
+    if (out / SUPERNET_MARKER).is_file() and json.loads((out / SUPERNET_MARKER).read_text()).get("key") == key:
+        return {**json.loads((out / SUPERNET_MARKER).read_text()), "folder": str(out), "reused": True}
+    train = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, max_windows=None)
+    held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, eval_windows)
+    net = copy.deepcopy(ranked.model)
+    checkpoint = Path(str(out) + ".checkpoint")
+    t0 = time.perf_counter()
+    train_supernet(net, ranked.model, ranked.ranking, train, cfg, checkpoint, progress)
+    quality = {"parent_heldout_perplexity": perplexity(ranked.model, held),
+               "full_slice_heldout_perplexity": perplexity(net, held), "windows": int(held.shape[0]),
+               "seconds_this_run": round(time.perf_counter() - t0, 1)}
+    save_supernet(ranked, net, cfg, out, quality)
+    remove_output(checkpoint, CHECKPOINT_MARKER)
+    return {**json.loads((out / SUPERNET_MARKER).read_text()), "folder": str(out), "reused": False}

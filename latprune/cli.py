@@ -138,7 +138,8 @@ def cmd_search(args) -> int:
     opts = _search_options(args, args.latency_ms)  # every option checked before any work
     workload = Workload.parse(args.workload) if args.workload else None
     summary = search(args.model, args.device, opts, args.out, predictor=args.predictor, text=args.text,
-                     workload=workload, devices_file=args.devices_file, allow_mismatch=args.allow_mismatch)
+                     workload=workload, devices_file=args.devices_file, allow_mismatch=args.allow_mismatch,
+                     supernet=args.supernet)
     if summary.get("parent_is_answer"):
         print(f"latprune: {summary['message']}")
         return 0
@@ -165,13 +166,35 @@ def cmd_run(args) -> int:
     from latprune.search.pipeline import run_pipeline
 
     summary = run_pipeline(args.model, args.device, _search_options(args, args.latency_ms), samples=args.samples,
-                           out=args.out)
+                           supernet_steps=args.supernet_steps, out=args.out)
     if summary.get("parent_is_answer"):
         return 0
     _print_winner(summary, args.out)
     print(f"report: {summary['report']['markdown']} and {summary['report']['html']} "
           f"(whole run {summary['wall_s'] / 60:.1f} min)")
     return 0
+
+
+def cmd_supernet(args) -> int:
+    from latprune.compress.workflow import supernet
+
+    info = supernet(args.model, args.out, steps=args.steps, text=args.text, band=args.band, seed=args.seed,
+                    eval_windows=args.windows)
+    q = info["quality"]
+    print(f"{'reused' if info['reused'] else 'wrote'} {info['folder']}: the parent's held-out perplexity "
+          f"{q['parent_heldout_perplexity']:.2f}, its full-size slice after {info['config']['steps']} steps "
+          f"{q['full_slice_heldout_perplexity']:.2f}; search its slices with --supernet {info['folder']}")
+    return 0
+
+
+def _band(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI fractions of the parent's parameters, got '{text}'") from None
+    if not 0 < lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got '{text}'")
+    return lo, hi
 
 
 def cmd_report(args) -> int:
@@ -354,6 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     _metric_arg(p)
     _model_arg(p)
     p.add_argument("--predictor", help="predictor directory (default out/predictors/DEVICE)")
+    p.add_argument("--supernet", help="cut sub-networks from this fine-tuned super-network ('latprune supernet')")
     _search_args(p)
     p.add_argument("--out", default="out/search", help="output directory (default out/search)")
     p.add_argument("--seed", **seed)
@@ -375,9 +399,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_integer(1), default=40, help="profiled architectures (default 40)")
     p.add_argument("--evaluations", type=_integer(1), default=60, help="perplexity evaluations in the search "
                                                                         "(default 60)")
+    p.add_argument("--supernet-steps", type=_integer(0), default=0,
+                   help="fine-tune the super-network for N sandwich steps first (cached; default 0)")
     p.add_argument("--out", default="out/run")
     p.add_argument("--seed", **seed)
     _recovery_args(p)
+
+    p = add("supernet", cmd_supernet, "fine-tune the super-network (sandwich rule, KD from the parent)",
+            "example:\n  latprune supernet --model default --steps 30\n"
+            "  latprune search --device cpu --latency-ms 12 --supernet DIR   # DIR as printed\n"
+            "Interrupted runs resume when rerun with the same options; a finished one is reused.")
+    _model_arg(p)
+    p.add_argument("--steps", type=_integer(1), default=30, help="sandwich steps (each: largest, smallest and 2 "
+                                                                  "random sub-networks; default 30)")
+    p.add_argument("--band", type=_band, help="LO,HI: random sub-networks with this fraction of the parent's "
+                                              "parameters (e.g. near your budget; default: the whole space)")
+    p.add_argument("--text", help="UTF-8 text file (calibration part is used for training)")
+    p.add_argument("--out", help="output directory (default: latprune's cache, keyed by model, text and settings)")
+    p.add_argument("--seed", **seed)
+    p.add_argument("--windows", **windows)
 
     p = add("report", cmd_report, "Markdown + HTML report of a search output directory",
             "example:\n  latprune report out/run --predictor out/predictors/cpu")

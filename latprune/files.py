@@ -22,6 +22,7 @@ PREDICTOR_MARKER = "metadata.json"  # a predictor
 SEARCH_MARKER = "summary.json"  # a search / run output
 CHECKPOINT_MARKER = "state.json"  # a training checkpoint (distill, supernet)
 CACHE_MARKER = "latprune_source.json"  # the converted default model
+SUPERNET_MARKER = "latprune_supernet.json"  # a fine-tuned super-network
 
 
 def _umask() -> int:

@@ -50,12 +50,15 @@ def _predictor_is_current(folder: Path, profile_path: Path, model_hash: str, dev
 
 
 def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOptions | None = None, *,
-                 samples: int = 40, out: str | Path = "out/run", log=print) -> dict[str, Any]:
+                 samples: int = 40, supernet_steps: int = 0, out: str | Path = "out/run", log=print,
+                 ) -> dict[str, Any]:
     """The whole pipeline; returns the search summary plus stage timings. `opts.latency_ms`
-    None means DEFAULT_FRACTION of the parent's measured latency."""
+    None means DEFAULT_FRACTION of the parent's measured latency; `supernet_steps` > 0
+    fine-tunes the super-network first (cached) and searches its slices."""
     opts = opts or SearchOptions(latency_ms=None)
-    if samples < 1:
-        raise LatpruneError(f"--samples must be at least 1; got {samples}")
+    if samples < 1 or supernet_steps < 0:
+        raise LatpruneError(f"--samples must be at least 1 and --supernet-steps at least 0; got {samples}, "
+                            f"{supernet_steps}")
     profile_path, predictor_dir = default_profile(device), default_predictor_dir(device)
     check_out(out, SEARCH_MARKER, [model, profile_path, predictor_dir])
     check_out(predictor_dir, PREDICTOR_MARKER, [model, profile_path])
@@ -82,7 +85,14 @@ def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOption
             f"machine ({parent_ms:.2f} ms) = {opts.latency_ms:g} ms")
     log(f"[3/4] search: {opts.metric} <= {opts.latency_ms:g} ms, {opts.evaluations} evaluations, then verification "
         f"on '{device}'")
-    summary = search(model, device, opts, out, predictor=predictor_dir)
+    folder = None
+    if supernet_steps:
+        from latprune.compress.workflow import supernet
+
+        log(f"[3/4] super-network: {supernet_steps} sandwich steps of KD from the parent (cached)")
+        folder = supernet(model, steps=supernet_steps, seed=opts.seed)["folder"]
+        stages["supernet_s"] = time.perf_counter() - t0 - sum(stages.values())
+    summary = search(model, device, opts, out, predictor=predictor_dir, supernet=folder)
     stages["search_s"] = time.perf_counter() - t0 - sum(stages.values())
     if summary.get("parent_is_answer"):
         log(summary["message"])

@@ -60,8 +60,10 @@ class Prepared:
 
 def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: str | Path | None = None,
             text: str | Path | None = None, workload: Workload | None = None,
-            devices_file: str | Path | None = None, allow_mismatch: bool = False, progress: bool = True) -> Prepared:
-    """Check the device and predictor (cheap) before loading and ranking the parent."""
+            devices_file: str | Path | None = None, allow_mismatch: bool = False, supernet: str | Path | None = None,
+            progress: bool = True) -> Prepared:
+    """Check the device and predictor (cheap) before loading and ranking the parent (and
+    attaching the fine-tuned super-network sub-networks are cut from, when given)."""
     if opts.latency_ms is None:
         raise LatpruneError("search needs a latency budget (--latency-ms)")
     dev = get_device(device, devices_file)
@@ -71,7 +73,12 @@ def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: s
     workload = workload or pred.default_workload()
     pred.check_workload(workload, allow_mismatch)
     started = time.perf_counter()
-    return Prepared(dev, pred, workload, rank_model(model, text, progress=progress), opts, started)
+    ranked = rank_model(model, text, progress=progress)
+    if supernet is not None:
+        from latprune.compress.supernet import attach_supernet
+
+        ranked = attach_supernet(ranked, supernet)
+    return Prepared(dev, pred, workload, ranked, opts, started)
 
 
 def parent_answer(prep: Prepared) -> dict[str, Any] | None:
@@ -187,13 +194,15 @@ def recover(prep: Prepared, child: nn.Module, checkpoint: Path, progress: bool =
 def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path, *,
            predictor: str | Path | None = None, text: str | Path | None = None, workload: Workload | None = None,
            devices_file: str | Path | None = None, allow_mismatch: bool = False,
-           profile_record: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+           profile_record: str | Path | None = None, supernet: str | Path | None = None,
+           progress: bool = True) -> dict[str, Any]:
     """Search, verify the finalists on `device`, and write `out` (model/, onnx/,
     candidates.parquet, summary.json). Raises (writing nothing) when no finalist meets the
     budget on the device. Returns the summary."""
-    check_out(out, SEARCH_MARKER, [model, predictor, text, profile_record])
+    inputs = [model, predictor, text, profile_record, supernet]
+    check_out(out, SEARCH_MARKER, inputs)
     prep = prepare(model, device, opts, predictor=predictor, text=text, workload=workload,
-                   devices_file=devices_file, allow_mismatch=allow_mismatch, progress=progress)
+                   devices_file=devices_file, allow_mismatch=allow_mismatch, supernet=supernet, progress=progress)
     answer = parent_answer(prep)
     if answer is not None:
         return answer
@@ -207,7 +216,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     if (info := recover(prep, result.child, checkpoint, progress)) is not None:
         result.quality["recovery"] = info
         result.measure_quality("after_recovery")
-    result.write(out, inputs=[model, predictor, text, profile_record])
+    result.write(out, inputs)
     remove_output(checkpoint, CHECKPOINT_MARKER)
     return result.summary()
 
@@ -263,6 +272,7 @@ class SearchResult:
             "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
             "evaluations": len(self.cands), "device_measurements": len(self.verified.finalists) * ROUNDS,
             "verification_rounds": ROUNDS, "search_seconds": round(self.search_s, 1),
+            "supernet": self.prep.ranked.weights is not None,
             "eval": {"heldout_windows": self.quality["windows"], "window": WINDOW, "search_windows": SEARCH_WINDOWS},
             "parent": self._parent(), "winner": self._winner(),
             "finalists": [a.id for a in self.verified.finalists],

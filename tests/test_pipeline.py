@@ -27,7 +27,8 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(profiling_run, "DRIFT_THRESHOLD", 10.0)  # sub-ms timings of a toy model are noisy
 
     opts = SearchOptions(None, evaluations=6, distill_steps=2)
-    summary = run_pipeline(str(model_dir), "cpu", opts, samples=14, out="out/run", log=lambda *_: None)
+    summary = run_pipeline(str(model_dir), "cpu", opts, samples=14, supernet_steps=1, out="out/run",
+                           log=lambda *_: None)
 
     out = tmp_path / "out" / "run"
     for name in ("summary.json", "candidates.parquet", "report.md", "report.html", "onnx/model.onnx",
@@ -47,7 +48,8 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
         len(summary["winner"]["architecture"]["layers"])
     assert (tmp_path / "profiles" / "cpu.parquet").is_file() and (tmp_path / "out/predictors/cpu").is_dir()
     # recovered by default, quality measured against the parent, saved in bf16; the checkpoint folder is gone
-    assert summary["recovery"]["steps"] == 2 and not (tmp_path / "out" / "run.distill-checkpoint").exists()
+    assert summary["supernet"] and summary["recovery"]["steps"] == 2
+    assert not (tmp_path / "out" / "run.distill-checkpoint").exists()
     for q in (winner["quality"], winner["quality_before_recovery"], parent["quality"]):
         assert set(q) == {"heldout_perplexity", "kl_to_parent", "top1_agreement", "second_text_perplexity"}
     assert parent["quality"]["kl_to_parent"] == 0 and winner["quality"]["kl_to_parent"] > 0
