@@ -26,7 +26,7 @@ from latprune.space import SearchSpace
 CHECKPOINT_VERSION = 1
 
 
-def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, parent_config, tokenizer=None,
+def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, parent_config, tokenizer=None, *,
                     extra: dict[str, Any] | None = None, inputs: list = ()) -> Path:
     """Write `model` (extracted with `arch` from a parent with `parent_config`) to `out`
     (replacing only a latprune checkpoint, never a directory holding one of `inputs`)."""

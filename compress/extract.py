@@ -64,7 +64,7 @@ def head_channels(heads: list[int], width: int) -> torch.Tensor:
     return torch.cat([torch.arange(h * width, (h + 1) * width) for h in heads])
 
 
-def _slice_attention(family: Family, layer: nn.Module, q: list[int], kv: list[int], ch: torch.Tensor,
+def _slice_attention(family: Family, layer: nn.Module, q: list[int], kv: list[int], ch: torch.Tensor, *,
                      head_dim: int, parent_heads: int) -> None:
     attn = family.attention(layer)
     q_ch = head_channels(q, head_dim)
@@ -130,7 +130,7 @@ def extract(parent: nn.Module, arch: Architecture, ranking: Ranking | None = Non
     for pos, parent_idx in enumerate(arch.layers):
         layer = old_layers[parent_idx]
         q, kv = ranking.layer_heads(parent_idx, arch.heads[pos], arch.kv_groups[pos], q_per_group)
-        _slice_attention(family, layer, q, kv, ch, p["head_dim"], p["heads"])
+        _slice_attention(family, layer, q, kv, ch, head_dim=p["head_dim"], parent_heads=p["heads"])
         _slice_mlp(family, layer, as_index(sorted(ranking.neuron_order[parent_idx][: arch.mlp[pos]])), ch)
         for norm in family.layer_norms(layer):
             slice_norm(norm, ch)

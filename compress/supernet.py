@@ -148,7 +148,7 @@ def sandwich(space: SearchSpace, ranking: Ranking, cfg: SupernetConfig, step: in
 
 
 def _sandwich_step(sharing: WeightSharing, teacher: nn.Module, windows: torch.Tensor, cfg: SupernetConfig,
-                   opt: torch.optim.Optimizer, step: int, lr_scale: float) -> float:
+                   opt: torch.optim.Optimizer, *, step: int, lr_scale: float) -> float:
     """One optimizer step: every sandwich sub-network distilled from the teacher on the same
     micro-batches (teacher logits computed once each); returns the mean loss."""
     opt.zero_grad(set_to_none=True)
@@ -171,7 +171,7 @@ def _sandwich_step(sharing: WeightSharing, teacher: nn.Module, windows: torch.Te
 
 
 def train_supernet(supernet: nn.Module, teacher: nn.Module, ranking: Ranking, windows: torch.Tensor,
-                   cfg: SupernetConfig, checkpoint: str | Path | None = None, progress: bool = True,
+                   cfg: SupernetConfig, checkpoint: str | Path | None = None, *, progress: bool = True,
                    stop_after: int | None = None) -> nn.Module:
     """Fine-tune `supernet` (parent-shaped, trained in place) with the sandwich rule and KD
     from the frozen `teacher`; resumes from `checkpoint`. `stop_after` ends early (tests)."""
@@ -189,7 +189,7 @@ def train_supernet(supernet: nn.Module, teacher: nn.Module, ranking: Ranking, wi
     t0 = time.perf_counter()
     try:
         for step in range(start, min(cfg.steps, start + (stop_after or math.inf))):
-            loss = _sandwich_step(sharing, teacher, windows, cfg, opt, step, schedule(step))
+            loss = _sandwich_step(sharing, teacher, windows, cfg, opt, step=step, lr_scale=schedule(step))
             done = step + 1
             tokens = (done - start) * cfg.batch_size * cfg.grad_accum * windows.shape[1]
             bar.update(1)
@@ -197,7 +197,7 @@ def train_supernet(supernet: nn.Module, teacher: nn.Module, ranking: Ranking, wi
             if checkpoint is not None and (done % cfg.save_every == 0 or done == cfg.steps):
                 save_checkpoint(Path(checkpoint), supernet, opt, done, cfg)
     except KeyboardInterrupt:
-        raise _interrupted(checkpoint, supernet, opt, done, start, cfg, "super-network training") from None
+        raise _interrupted(checkpoint, supernet, opt, done, start, cfg=cfg, what="super-network training") from None
     finally:
         bar.close()
         supernet.eval()

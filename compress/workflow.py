@@ -20,7 +20,7 @@ from .ranked import WINDOW, rank_model
 EVAL_WINDOWS = 40
 
 
-def compress(model: str | Path, out: str | Path, arch: Architecture | None = None, keep: float | None = None,
+def compress(model: str | Path, out: str | Path, *, arch: Architecture | None = None, keep: float | None = None,
              text: str | Path | None = None, eval_windows: int = EVAL_WINDOWS, progress: bool = True,
              ) -> dict[str, Any]:
     """Extract the importance-ordered sub-network `arch` (or the one with about `keep` of the
@@ -51,7 +51,8 @@ def compress(model: str | Path, out: str | Path, arch: Architecture | None = Non
         "child_quality": child_quality,
         "eval": {"windows": int(held.shape[0]), "window": WINDOW, "seconds": round(time.perf_counter() - t0, 1)},
     }
-    save_compressed(child, arch, out, ranked.model.config, ranked.tokenizer, {"quality": summary}, [model, text])
+    save_compressed(child, arch, out, ranked.model.config, ranked.tokenizer, extra={"quality": summary},
+                    inputs=[model, text])
     return summary
 
 
@@ -73,8 +74,8 @@ def evaluate(model: str | Path, text: str | Path | None = None, windows: int = E
             "parameters": sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())}
 
 
-def distill_model(student: str | Path, teacher: str | Path, out: str | Path, steps: int = 200,
-                  text: str | Path | None = None, eval_windows: int = EVAL_WINDOWS, lr: float = 2e-4,
+def distill_model(student: str | Path, teacher: str | Path, out: str | Path, *, steps: int = 200,
+                  text: str | Path | None = None, eval_windows: int = EVAL_WINDOWS, lr: float = 1e-3,
                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Distil a compressed checkpoint from its parent and save it to `out` (same architecture).
     Interrupted runs resume from `out`'s sibling checkpoint folder."""
@@ -101,7 +102,7 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
     before = quality_report(student_model, teacher_model, held, second)
     t0 = time.perf_counter()
     checkpoint = Path(out).with_name(Path(out).name + ".distill-checkpoint")
-    distill(student_model, teacher_model, calib, cfg, checkpoint, progress)
+    distill(student_model, teacher_model, calib, cfg, checkpoint, progress=progress)
     seconds = time.perf_counter() - t0
     after = quality_report(student_model, teacher_model, held, second)
     info = {"steps": steps, "tokens": cfg.tokens(WINDOW), "seconds_this_run": round(seconds, 1),
@@ -111,13 +112,13 @@ def distill_model(student: str | Path, teacher: str | Path, out: str | Path, ste
             "parent_heldout_perplexity": perplexity(teacher_model, held, progress=progress),
             "eval": {"windows": int(held.shape[0]), "window": WINDOW}}
     kept = {k: meta[k] for k in ("quality", "search") if k in meta}
-    save_compressed(student_model, arch, out, parent_config, tokenizer, {**kept, "distill": info},
-                    [student, teacher, text])
+    save_compressed(student_model, arch, out, parent_config, tokenizer, extra={**kept, "distill": info},
+                    inputs=[student, teacher, text])
     remove_output(checkpoint, CHECKPOINT_MARKER)
     return info
 
 
-def supernet(model: str | Path = "default", out: str | Path | None = None, steps: int = 30,
+def supernet(model: str | Path = "default", out: str | Path | None = None, *, steps: int = 30,
              text: str | Path | None = None, band: tuple[float, float] | None = None, seed: int = 0,
              eval_windows: int = EVAL_WINDOWS, progress: bool = True) -> dict[str, Any]:
     """Fine-tune the super-network of `model` (sandwich rule, KD from the parent) and save it

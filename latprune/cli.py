@@ -151,8 +151,10 @@ def _print_winner(summary: dict, out) -> None:
     w, p, m = summary["winner"], summary["parent"], summary["metric"]
     sp = summary["speedup"][m]
     print(f"winner {w['describe']} ({w['parameters']:,} of {p['parameters']:,} parameters)\n"
-          f"  {m}: measured {w['measured'][m]:.2f} ms (budget {summary['budget_ms']:g} ms; predicted "
-          f"{w['predicted'][m]:.2f} ms); parent measured {p['measured'][m]:.2f} ms\n"
+          f"  {m}: measured {w['measured'][m]:.2f} ms = {w['measured'][m] / summary['budget_ms']:.0%} of the "
+          f"{summary['budget_ms']:g} ms budget (predicted {w['predicted'][m]:.2f} ms, upper bound "
+          f"{w['predicted_upper'][m]:.2f} ms; {summary['device_measurements']} device timings); parent measured "
+          f"{p['measured'][m]:.2f} ms\n"
           f"  speedup: measured {sp['measured']:.2f}x, predicted {sp['predicted']:.2f}x\n"
           f"  held-out perplexity {w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f})")
     if "quality" in p:
@@ -432,7 +434,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="default", help="its parent: 'default' or a model directory")
     p.add_argument("--steps", type=_integer(1), default=200,
                    help="optimizer steps, each 4 x 2 windows of 128 tokens (~6 s a step for SmolLM2 on 2 CPU cores)")
-    p.add_argument("--lr", type=_number(0), default=2e-4)
+    p.add_argument("--lr", type=_number(0), default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--text", help="UTF-8 text file (calibration part is used for training)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", **seed)

@@ -58,7 +58,7 @@ def _training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], p
     return rows, counts, refs
 
 
-def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: tuple[np.ndarray, np.ndarray],
+def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
                 folds: int, rng: np.random.Generator) -> tuple[Any, dict]:
     """The surrogate of one metric fitted on every row, widened by its cross-validated
     under-prediction; with its k-fold CV and held-out accuracy."""
@@ -76,7 +76,7 @@ def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: t
     return final, acc
 
 
-def _metadata(first: pd.Series, rows: pd.DataFrame, counts: dict, refs: pd.DataFrame, kind: str, acc: dict,
+def _metadata(first: pd.Series, rows: pd.DataFrame, counts: dict, refs: pd.DataFrame, *, kind: str, acc: dict,
               seed: int) -> dict[str, Any]:
     return {
         "latprune_predictor_version": PREDICTOR_VERSION,
@@ -126,8 +126,8 @@ class Predictor:
         surrogates, acc = {}, {}
         for metric in METRICS:
             surrogates[metric], acc[metric] = _fit_metric(kind, metric, f, rows[metric].to_numpy(float), split,
-                                                          folds, rng)
-        meta = _metadata(first, rows, counts, refs, kind, acc, seed)
+                                                          folds=folds, rng=rng)
+        meta = _metadata(first, rows, counts, refs, kind=kind, acc=acc, seed=seed)
         return cls(kind, space, first["dtype"], surrogates, meta)
 
     def accuracy_table(self) -> str:

@@ -200,7 +200,7 @@ class Profiler:
 
 
 def profile(model: str | Path = "default", device: str = "cpu", samples: int = 40,
-            workload: Workload | None = None, out: str | Path | None = None, seed: int = 0,
+            workload: Workload | None = None, *, out: str | Path | None = None, seed: int = 0,
             devices_file: str | Path | None = None, keep_onnx: bool = False, progress: bool = True) -> Path:
     """Profile `samples` architectures of `model` on `device`; rerunning resumes."""
     if samples < 1:

@@ -36,7 +36,7 @@ class Verification:
     parent: dict[str, dict[str, float]]
 
 
-def _timed_rounds(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path,
+def _timed_rounds(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path, *,
                   rounds: int, progress: Callable | None) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Every timing of every architecture (appended to `record` with role 'verify'), and
     the record's own baseline."""
@@ -57,12 +57,12 @@ def _timed_rounds(config, device: Device, workload: Workload, archs: list[Archit
     return timings, profiler.baseline
 
 
-def measure_finalists(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path,
+def measure_finalists(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path, *,
                       progress: Callable | None = None, rounds: int = ROUNDS,
                       baseline: dict[str, float] | None = None) -> Verification:
     """Time `archs` paired with the parent over `rounds`, on the scale of `baseline` (the
     parent's latency in the predictor's profile; by default the record's own)."""
-    timings, own = _timed_rounds(config, device, workload, archs, record, rounds, progress)
+    timings, own = _timed_rounds(config, device, workload, archs, record, rounds=rounds, progress=progress)
 
     def median(rows: list[dict], column: str) -> float:
         return statistics.median(r[column] for r in rows)

@@ -63,45 +63,67 @@ def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOption
     check_out(out, SEARCH_MARKER, [model, profile_path, predictor_dir])
     check_out(predictor_dir, PREDICTOR_MARKER, [model, profile_path])
     check_available(get_device(device))
-    t0 = time.perf_counter()
-    stages: dict[str, float] = {}
+    clock = _Stages()
     model_hash = model_identity(load_config(model))["config_hash"]
     log(f"[1/4] profile: {samples} sampled architectures on '{device}' (resumes {profile_path})")
     profile(model, device, samples, out=profile_path, seed=opts.seed)
-    stages["profile_s"] = time.perf_counter() - t0
-
-    if _predictor_is_current(predictor_dir, profile_path, model_hash, device):
-        log(f"[2/4] fit: reusing {predictor_dir} (fitted on the same rows)")
-    else:
-        log(f"[2/4] fit: XGBoost predictors on {profile_path}")
-        predictor, _ = fit_profile(profile_path, predictor_dir)
-        log(predictor.accuracy_table())
-    stages["fit_s"] = time.perf_counter() - t0 - sum(stages.values())
-
-    if opts.latency_ms is None:
-        parent_ms = parent_measured(profile_path, model_hash, opts.metric)
-        opts = dataclasses.replace(opts, latency_ms=round(DEFAULT_FRACTION * parent_ms, 2))
-        log(f"no --latency-ms given: using {DEFAULT_FRACTION:.0%} of the parent's measured {opts.metric} on this "
-            f"machine ({parent_ms:.2f} ms) = {opts.latency_ms:g} ms")
-    log(f"[3/4] search: {opts.metric} <= {opts.latency_ms:g} ms, {opts.evaluations} evaluations, then verification "
-        f"on '{device}'")
+    clock.lap("profile_s")
+    _fit_unless_current(predictor_dir, profile_path, model_hash, device, log)
+    clock.lap("fit_s")
+    opts = _with_budget(opts, profile_path, model_hash, log)
     folder = None
     if supernet_steps:
         from latprune.compress.workflow import supernet
 
         log(f"[3/4] super-network: {supernet_steps} sandwich steps of KD from the parent (cached)")
         folder = supernet(model, steps=supernet_steps, seed=opts.seed)["folder"]
-        stages["supernet_s"] = time.perf_counter() - t0 - sum(stages.values())
+        clock.lap("supernet_s")
+    log(f"[3/4] search: {opts.metric} <= {opts.latency_ms:g} ms, {opts.evaluations} evaluations, verification on "
+        f"'{device}', then recovery")
     summary = search(model, device, opts, out, predictor=predictor_dir, supernet=folder)
-    stages["search_s"] = time.perf_counter() - t0 - sum(stages.values())
+    clock.lap("search_s")
     if summary.get("parent_is_answer"):
         log(summary["message"])
         return summary
     log("[4/4] report")
     md, html = build_report(out, predictor_dir)
-    stages["report_s"] = time.perf_counter() - t0 - sum(stages.values())
-    summary["stages"] = {k: round(v, 1) for k, v in stages.items()}
-    summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    summary["report"] = {"markdown": str(md), "html": str(html)}
+    clock.lap("report_s")
+    summary.update(stages=clock.stages, wall_s=clock.total(), report={"markdown": str(md), "html": str(html)})
     (Path(out) / "run.json").write_text(json.dumps({k: summary[k] for k in ("stages", "wall_s", "report")}, indent=2))
     return summary
+
+
+class _Stages:
+    """Wall-clock seconds per pipeline stage."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self.last, 1)
+        self.last = now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def _fit_unless_current(predictor_dir: Path, profile_path: Path, model_hash: str, device: str, log) -> None:
+    if _predictor_is_current(predictor_dir, profile_path, model_hash, device):
+        log(f"[2/4] fit: reusing {predictor_dir} (fitted on the same rows)")
+        return
+    log(f"[2/4] fit: XGBoost predictors on {profile_path}")
+    predictor, _ = fit_profile(profile_path, predictor_dir)
+    log(predictor.accuracy_table())
+
+
+def _with_budget(opts: SearchOptions, profile_path: Path, model_hash: str, log) -> SearchOptions:
+    """`opts` with a latency budget: DEFAULT_FRACTION of the parent's measured latency when none was given."""
+    if opts.latency_ms is not None:
+        return opts
+    parent_ms = parent_measured(profile_path, model_hash, opts.metric)
+    opts = dataclasses.replace(opts, latency_ms=round(DEFAULT_FRACTION * parent_ms, 2))
+    log(f"no --latency-ms given: using {DEFAULT_FRACTION:.0%} of the parent's measured {opts.metric} on this "
+        f"machine ({parent_ms:.2f} ms) = {opts.latency_ms:g} ms")
+    return opts

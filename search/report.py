@@ -152,8 +152,10 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         f"# latprune report: {summary['device']}, {m} budget {summary['budget_ms']:g} ms",
         "",
         f"Winner **{w['describe']}**: {w['parameters']:,} of {p['parameters']:,} parameters "
-        f"({w['parameters'] / p['parameters']:.0%}). Measured {m} **{w['measured'][m]:.2f} ms** "
-        f"(parent {p['measured'][m]:.2f} ms); speedup measured **{sp['measured']:.2f}x**, predicted "
+        f"({w['parameters'] / p['parameters']:.0%}). Measured {m} **{w['measured'][m]:.2f} ms**, "
+        f"{w['measured'][m] / summary['budget_ms']:.0%} of the budget (predicted {w['predicted'][m]:.2f} ms"
+        + (f", upper bound {w['predicted_upper'][m]:.2f} ms" if m in w.get("predicted_upper", {}) else "")
+        + f"; parent {p['measured'][m]:.2f} ms); speedup measured **{sp['measured']:.2f}x**, predicted "
         f"{sp['predicted']:.2f}x (predictions are labelled as such everywhere below). Held-out perplexity "
         f"{w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f}), over "
         f"{summary['eval']['heldout_windows']} windows of {summary['eval']['window']} tokens.",

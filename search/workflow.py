@@ -141,7 +141,7 @@ def verify_finalists(prep: Prepared, cands: pd.DataFrame, record: str | Path | N
                 disable=not progress)
     try:
         verified = measure_finalists(prep.ranked.model.config, prep.device, prep.workload, finalists,
-                                     record or default_profile(prep.device.name), lambda _r: vbar.update(1),
+                                     record or default_profile(prep.device.name), progress=lambda _r: vbar.update(1),
                                      baseline=prep.predictor.baseline(prep.workload))
     finally:
         vbar.close()
@@ -184,7 +184,7 @@ def recover(prep: Prepared, child: nn.Module, checkpoint: Path, progress: bool =
                                                seed=opts.seed)
     cfg = DistillConfig(steps=steps, seed=opts.seed)
     t0 = time.perf_counter()
-    distill(child, prep.ranked.model, train, cfg, checkpoint, progress)
+    distill(child, prep.ranked.model, train, cfg, checkpoint, progress=progress)
     return {"steps": steps, "tokens": cfg.tokens(WINDOW), "minutes_budget": None if opts.distill_steps else
             opts.recover_minutes, "seconds_this_run": round(time.perf_counter() - t0, 1),
             "text": "calibration part of the text (held-out and second texts never trained on)",
@@ -255,7 +255,7 @@ class SearchResult:
         summary = self.summary()
         with atomic_dir(out, SEARCH_MARKER, inputs) as tmp:
             save_compressed(saved, self.winner, tmp / "model", ranked.model.config, ranked.tokenizer,
-                            {"search": summary})
+                            extra={"search": summary})
             export_onnx(self.child, tmp / "onnx", final=True)
             self.cands.to_parquet(tmp / "candidates.parquet", index=False)
             (tmp / SEARCH_MARKER).write_text(json.dumps(summary, indent=2, default=float))
@@ -278,6 +278,9 @@ class SearchResult:
             "finalists": [a.id for a in self.verified.finalists],
         }
         pp, pm = summary["parent"], summary["winner"]
+        summary["budget_use"] = {"measured_over_budget": pm["measured"][m] / opts.latency_ms,
+                                 "predicted_interval_ms": [pm["predicted"][m], pm["predicted_upper"].get(m)],
+                                 "device_measurements": summary["device_measurements"]}
         summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
                                   "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
         if "recovery" in self.quality:
@@ -306,7 +309,7 @@ class SearchResult:
                "quality": self.quality["final"], "quality_before_recovery": self.quality["before_recovery"],
                "calibration_perplexity": float(row.perplexity),
                "predicted": {k: float(row[f"pred_{k}"]) for k in METRICS},
-               "predicted_upper": {k: float(row[f"pred_{k}_upper"]) for k in STEPS},
+               "predicted_upper": {k: float(row[f"pred_{k}_upper"]) for k in METRICS},
                "measured": {k: float(measured[k]) for k in METRICS},
                "measured_raw": {k: float(measured[stat_column(k, "raw_ms")]) for k in STEPS}}
         if "saved" in self.quality:

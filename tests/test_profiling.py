@@ -109,7 +109,8 @@ def test_failed_sample_is_recorded_and_the_run_goes_on(tiny_dir, tmp_path, monke
         return real(model, folder, device)
 
     monkeypatch.setattr(run, "export_onnx", flaky)
-    out = profile(str(tiny_dir), "cpu", 3, Workload(prompt=16, generate=4), tmp_path / "p.parquet", progress=False)
+    out = profile(str(tiny_dir), "cpu", 3, Workload(prompt=16, generate=4), out=tmp_path / "p.parquet",
+                  progress=False)
     rows = read_profile(out)
     samples = rows[rows.role == "sample"]
     assert len(samples) == 3 and (samples.status == "error").sum() == 1
