@@ -18,7 +18,6 @@ from latprune.compress.ranked import WINDOW, rank_model
 from latprune.predictors.predictor import Predictor
 from latprune.search.workflow import SEARCH_WINDOWS, SearchOptions, find_candidates
 from latprune.text import calibration_windows
-from latprune.workload import Workload
 
 CANDIDATES = ("PortfolioDiscreteOnePlusOne", "DiscreteLenglerOnePlusOne", "NGOpt", "RandomSearch")
 
@@ -33,7 +32,7 @@ def main() -> None:
 
     ranked = rank_model("default")
     predictor = Predictor.load(args.predictor)
-    workload = Workload(**{k: v[0] for k, v in predictor.meta["workload_range"].items()})
+    workload = predictor.default_workload()
     budget = args.fraction * float(predictor.predict([ranked.space.largest()], workload).decode_ms.iloc[0])
     windows = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
     results = {}

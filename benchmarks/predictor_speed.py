@@ -16,7 +16,6 @@ import numpy as np
 
 from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
-from latprune.workload import Workload
 
 
 def main() -> None:
@@ -27,7 +26,7 @@ def main() -> None:
     predictor = Predictor.load(args.predictor)
     rng = np.random.default_rng(0)
     cols = arch_columns([predictor.space.sample(rng) for _ in range(args.n)])
-    workload = Workload(**{k: v[0] for k, v in predictor.meta["workload_range"].items()})
+    workload = predictor.default_workload()
     predictor.predict_columns(cols.head(100), workload)  # warm-up
     times = []
     for _ in range(3):
