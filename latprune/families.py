@@ -63,6 +63,23 @@ class Family:
         else:
             config.intermediate_size = mlp
 
+    @property
+    def norm_bias(self) -> bool:
+        """LayerNorm (with a bias) rather than RMSNorm."""
+        return self.kind != "llama"
+
+    def extras(self, config) -> dict[str, int | bool]:
+        """Parameters beyond the dimensions: learned positions, biases, QK norms."""
+        model_type, kind = config.model_type, self.kind
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        return {
+            "positions": int(config.n_positions) if kind == "gpt2" else 0,
+            "qkv_bias": kind == "gpt2" or model_type == "qwen2" or attention_bias,
+            "o_bias": kind == "gpt2" or (model_type != "qwen2" and attention_bias),
+            "mlp_bias": kind in ("gpt2", "gpt_neox") or bool(getattr(config, "mlp_bias", False)),
+            "qk_norm": model_type == "qwen3",
+        }
+
     # ---- module access -------------------------------------------------
     def body(self, model: nn.Module) -> nn.Module:
         return {"llama": lambda: model.model, "gpt2": lambda: model.transformer, "gpt_neox": lambda: model.gpt_neox}[

@@ -63,20 +63,14 @@ class SearchSpace:
         else:
             step = width_step(dims["hidden"])
             hidden_choices = tuple(range(step, dims["hidden"] + 1, step))
-        kind = family.kind
-        model_type = config.model_type
         return cls(
-            model_type=model_type,
+            model_type=config.model_type,
             family=family,
             parent=dims,
             mlp_choices=tuple(range(mlp_step, dims["mlp"] + 1, mlp_step)),
             hidden_choices=hidden_choices,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-            positions=int(config.n_positions) if kind == "gpt2" else 0,
-            qkv_bias=kind in ("gpt2",) or model_type == "qwen2" or bool(getattr(config, "attention_bias", False)),
-            o_bias=kind == "gpt2" or (model_type != "qwen2" and bool(getattr(config, "attention_bias", False))),
-            mlp_bias=kind in ("gpt2", "gpt_neox") or bool(getattr(config, "mlp_bias", False)),
-            qk_norm=model_type == "qwen3",
+            **family.extras(config),
         )
 
     # ---- dimensions -----------------------------------------------------
@@ -183,7 +177,7 @@ class SearchSpace:
         n = n + (q + 2 * kv) * self.qkv_bias + hidden * self.o_bias
         n = n + (3 if self.family.gated_mlp else 2) * hidden * mlp
         n = n + ((2 * mlp if self.family.gated_mlp else mlp) + hidden) * self.mlp_bias
-        norm = 2 * hidden if self.family.kind != "llama" else hidden  # LayerNorm has a bias
+        norm = hidden * (1 + self.family.norm_bias)
         n = n + 2 * norm + 2 * hd * self.qk_norm
         return n
 
@@ -191,7 +185,7 @@ class SearchSpace:
         """Token (and position) embeddings, LM head if untied, and the final norm."""
         vocab = self.parent["vocab"]
         n = vocab * hidden * (1 if self.tied_embeddings else 2) + self.positions * hidden
-        return n + (2 * hidden if self.family.kind != "llama" else hidden)
+        return n + hidden * (1 + self.family.norm_bias)
 
     def num_params(self, arch: Architecture) -> int:
         """Exact parameter count of the extracted sub-network."""
