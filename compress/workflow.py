@@ -146,7 +146,7 @@ def supernet(model: str | Path = "default", out: str | Path | None = None, *, st
     net = copy.deepcopy(ranked.model)
     checkpoint = Path(str(out) + ".checkpoint")
     t0 = time.perf_counter()
-    train_supernet(net, ranked.model, ranked.ranking, train, cfg, checkpoint, progress)
+    train_supernet(net, ranked.model, ranked.ranking, train, cfg, checkpoint, progress=progress)
     quality = {"parent_heldout_perplexity": perplexity(ranked.model, held),
                "full_slice_heldout_perplexity": perplexity(net, held), "windows": int(held.shape[0]),
                "seconds_this_run": round(time.perf_counter() - t0, 1)}

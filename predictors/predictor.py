@@ -24,7 +24,7 @@ from latprune.profiling.dataset import read_profile, reference_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
-from .accuracy import accuracy, format_table
+from .accuracy import accuracy, accuracy_by_band, format_band_table, format_table
 from .features import FEATURE_SCHEMA, FEATURES, arch_columns, features
 from .surrogates import SURROGATES
 
@@ -59,9 +59,10 @@ def _training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], p
 
 
 def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
-                folds: int, rng: np.random.Generator) -> tuple[Any, dict]:
+                folds: int, rng: np.random.Generator, parent_ms: float | None) -> tuple[Any, dict, dict]:
     """The surrogate of one metric fitted on every row, widened by its cross-validated
-    under-prediction; with its k-fold CV and held-out accuracy."""
+    under-prediction; with its k-fold CV and held-out accuracy, and the CV accuracy by band
+    of latency relative to the parent's (empty without a parent timing)."""
     train, hold = split
     oof = np.empty(len(train))
     for fold in _split_folds(len(train), folds, rng):
@@ -73,7 +74,7 @@ def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: t
     final = SURROGATES[kind](metric).fit(f, y)
     under = y[train] / oof - 1  # > 0: the prediction was too low
     final.cv_under = float(max(0.0, np.quantile(under, 0.9)))
-    return final, acc
+    return final, acc, accuracy_by_band(y[train], oof, parent_ms) if parent_ms else {}
 
 
 def _metadata(first: pd.Series, rows: pd.DataFrame, counts: dict, refs: pd.DataFrame, *, kind: str, acc: dict,
@@ -123,15 +124,19 @@ class Predictor:
         perm = rng.permutation(len(rows))
         n_hold = max(3, int(round(holdout * len(rows))))
         split = (perm[n_hold:], perm[:n_hold])
-        surrogates, acc = {}, {}
+        surrogates, acc, bands = {}, {}, {}
         for metric in METRICS:
-            surrogates[metric], acc[metric] = _fit_metric(kind, metric, f, rows[metric].to_numpy(float), split,
-                                                          folds=folds, rng=rng)
+            parent_ms = float(refs[metric].iloc[0]) if not refs.empty else None
+            surrogates[metric], acc[metric], bands[metric] = _fit_metric(
+                kind, metric, f, rows[metric].to_numpy(float), split, folds=folds, rng=rng, parent_ms=parent_ms)
         meta = _metadata(first, rows, counts, refs, kind=kind, acc=acc, seed=seed)
+        meta["accuracy_by_band"] = {m: b for m, b in bands.items() if b}
         return cls(kind, space, first["dtype"], surrogates, meta)
 
     def accuracy_table(self) -> str:
-        return format_table(self.meta["accuracy"])
+        """Overall accuracy, and 5-fold CV accuracy by latency band (when the profile has a parent timing)."""
+        bands = self.meta.get("accuracy_by_band")
+        return format_table(self.meta["accuracy"]) + ("\n\n" + format_band_table(bands) if bands else "")
 
     # ---- predict -------------------------------------------------------------
     def check_workload(self, workload: Workload, allow_mismatch: bool = False) -> None:

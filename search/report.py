@@ -183,12 +183,15 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
     ]
     if predictor_dir and (Path(predictor_dir) / "metadata.json").is_file():
         meta = json.loads((Path(predictor_dir) / "metadata.json").read_text())
-        from latprune.predictors.accuracy import format_table
+        from latprune.predictors.accuracy import format_band_table, format_table
 
         rows = meta["rows"]
         parts += ["", f"## Predictor accuracy ({meta['kind']}, {rows['used']} training rows; "
                       f"{rows['failed']} failed, {rows['drift_flagged']} drift-flagged excluded)", "",
                   format_table(meta["accuracy"])]
+        if meta.get("accuracy_by_band"):
+            parts += ["", "By latency relative to the parent's (small sub-networks time noisily):", "",
+                      format_band_table(meta["accuracy_by_band"])]
     markdown = "\n".join(parts) + "\n"
     md_path.write_text(markdown)
     html_path = md_path.with_suffix(".html")

@@ -89,3 +89,8 @@ def test_parent_reference_timings_anchor_the_largest_architecture():
     assert with_refs.meta["rows"]["reference_median_rows"] == 1
     assert with_refs.meta["baseline_ms"]["w"]["decode_ms"] == pytest.approx(true_decode)  # the scale verification uses
     assert abs(with_refs.predict([largest]).decode_ms.iloc[0] - true_decode) < abs(without - true_decode)
+    # with the parent's timing, CV accuracy is also reported by band of latency relative to it
+    bands = with_refs.meta["accuracy_by_band"]["decode_ms"]
+    assert sum(b["n"] for b in bands.values()) == with_refs.meta["accuracy"]["decode_ms"]["5-fold CV"]["n"]
+    assert set(bands) <= {"0%-10%", "10%-30%", "30%-60%", "60%-100%"} and "| decode_ms | 60%-100% |" in \
+        with_refs.accuracy_table()
