@@ -125,7 +125,8 @@ def _search_options(args, latency_ms: float | None):
     return SearchOptions(latency_ms=latency_ms, metric=args.metric, safety_margin=getattr(args, "margin", 0.0),
                          evaluations=args.evaluations, strategy=getattr(args, "strategy", "nas"),
                          optimizer=getattr(args, "optimizer", None) or _default_optimizer(), seed=args.seed,
-                         finalists=getattr(args, "finalists", 3), pareto=getattr(args, "pareto", 0),
+                         finalists=getattr(args, "finalists", 3), refine=getattr(args, "refine", 2),
+                         pareto=getattr(args, "pareto", 0),
                          distill_steps=getattr(args, "distill_steps", 0), recover_minutes=args.recover_minutes,
                          dtype=args.dtype)
 
@@ -282,6 +283,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", help="nevergrad optimizer for --strategy nas (default chosen in "
                                        "benchmarks/optimizer_choice.py: PortfolioDiscreteOnePlusOne)")
     p.add_argument("--finalists", type=_integer(1), default=3, help="top candidates timed on the device")
+    p.add_argument("--refine", type=_integer(0), default=2,
+                   help="also time the K best candidates whose predicted median (not upper bound) meets the budget, "
+                        "so the budget is spent; nothing over budget on the device wins (default 2; 0: off)")
     p.add_argument("--pareto", type=_integer(0), default=0, help="also report K points of the perplexity/latency "
                                                                   "front")
 

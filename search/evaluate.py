@@ -1,5 +1,7 @@
 """What the search optimises: quality of the importance-ordered sub-network (perplexity on
-calibration windows, cached by architecture id) under the predictor's upper-bound latency."""
+calibration windows, cached by architecture id) under the predictor's latency: its upper
+bound (the safe search) or its median (the refinement near the budget, whose candidates
+are then measured on the device)."""
 
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ class Evaluator:
     windows: torch.Tensor
     workload: Workload
     metric: str
-    limit_ms: float  # budget x (1 - margin), compared with the upper bound
+    limit_ms: float  # budget x (1 - margin), compared with the bounded prediction
     records: dict[str, dict] = field(default_factory=dict)
     strategy: str = ""
+    bound: str = "upper"  # which prediction meets the limit: "upper" (upper bound) or "median"
+    perplexities: dict[str, float] = field(default_factory=dict)  # may be shared between evaluators
     _predictions: dict[str, pd.Series] = field(default_factory=dict)
 
     def predicted(self, archs: list[Architecture]) -> pd.DataFrame:
@@ -43,7 +47,8 @@ class Evaluator:
         return self._predictions[arch.id]
 
     def upper_ms(self, arch: Architecture) -> float:
-        return float(self.prediction(arch)[f"{self.metric}_upper"])
+        """The prediction the limit applies to (the upper bound, or the median when `bound` says so)."""
+        return float(self.prediction(arch)[self.metric + ("_upper" if self.bound == "upper" else "")])
 
     def feasible(self, arch: Architecture) -> bool:
         return self.upper_ms(arch) <= self.limit_ms
@@ -54,11 +59,14 @@ class Evaluator:
         if rec is not None and rec.get("perplexity") is not None:
             return rec["perplexity"]
         t0 = time.perf_counter()
-        ppl = perplexity(self.ranked.extract(arch), self.windows)
+        if arch.id not in self.perplexities:
+            self.perplexities[arch.id] = perplexity(self.ranked.extract(arch), self.windows)
+        ppl = self.perplexities[arch.id]
         pred = self.prediction(arch)
         self.records[arch.id] = {
             "arch_id": arch.id, "arch_json": arch.to_json(), "describe": arch.describe(), "order": len(self.records),
-            "strategy": self.strategy, "perplexity": ppl, "params": self.ranked.space.num_params(arch),
+            "strategy": self.strategy, "bound": self.bound, "perplexity": ppl,
+            "params": self.ranked.space.num_params(arch),
             **{f"pred_{k}": float(v) for k, v in pred.items()}, "eval_s": time.perf_counter() - t0,
         }
         return ppl

@@ -28,6 +28,7 @@ class SearchOptions:
     optimizer: str = DEFAULT_OPTIMIZER
     seed: int = 0
     finalists: int = 3
+    refine: int = 2  # near-budget candidates (predicted median meets it) also verified on the device
     pareto: int = 0
     distill_steps: int = 0  # > 0: recover the winner for exactly this many steps instead of recover_minutes
     recover_minutes: float = DEFAULT_RECOVER_MINUTES
@@ -42,7 +43,8 @@ class SearchOptions:
             raise LatpruneError(f"--latency-ms must be a positive number; got {self.latency_ms}")
         if not 0 <= self.safety_margin < 1:
             raise LatpruneError(f"--margin must be in [0, 1); got {self.safety_margin}")
-        for name, lowest in (("evaluations", 1), ("finalists", 1), ("seed", 0), ("pareto", 0), ("distill_steps", 0)):
+        for name, lowest in (("evaluations", 1), ("finalists", 1), ("refine", 0), ("seed", 0), ("pareto", 0),
+                             ("distill_steps", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise LatpruneError(f"--{name.replace('_', '-')} must be an integer >= {lowest}; got {value!r}")

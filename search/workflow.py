@@ -93,15 +93,20 @@ def parent_answer(prep: Prepared) -> dict[str, Any] | None:
 
 
 def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Tensor, workload: Workload,
-                    opts: SearchOptions, progress: bool = True) -> Evaluator:
-    """Run the strategy; every evaluated architecture is in the returned evaluator's records.
-    Raises when even the smallest sub-network is predicted over the budget."""
-    ev = Evaluator(ranked, predictor, windows, workload, opts.metric, opts.limit_ms)
+                    opts: SearchOptions, progress: bool = True, *, bound: str = "upper",
+                    perplexities: dict[str, float] | None = None) -> Evaluator:
+    """Run the strategy with the limit on the predicted upper bound (or median: `bound`);
+    every evaluated architecture is in the returned evaluator's records. `perplexities` may
+    be shared with an earlier round. Raises when even the smallest sub-network is predicted
+    over the budget."""
+    ev = Evaluator(ranked, predictor, windows, workload, opts.metric, opts.limit_ms, bound=bound,
+                   perplexities={} if perplexities is None else perplexities)
     floor = ev.upper_ms(ranked.space.smallest())
     if floor > opts.limit_ms:
         raise LatpruneError(f"--latency-ms {opts.latency_ms:g} is infeasible: the smallest sub-network's predicted "
-                            f"{opts.metric} (upper bound) is {floor:.3f} ms; raise the budget or lower --margin")
-    bar = tqdm(total=opts.evaluations, desc=f"search {opts.strategy}", unit="eval", disable=not progress)
+                            f"{opts.metric} ({bound}) is {floor:.3f} ms; raise the budget or lower --margin")
+    desc = f"search {opts.strategy}" + (" near the budget" if bound == "median" else "")
+    bar = tqdm(total=opts.evaluations, desc=desc, unit="eval", disable=not progress)
 
     def report(e: Evaluator) -> None:
         bar.n = len(e.records)
@@ -119,24 +124,40 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
 
 
 def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
-    """Every evaluated architecture, best calibration perplexity first."""
-    ranked = prep.ranked
+    """Every evaluated architecture, best calibration perplexity first: a safe round (the
+    predicted upper bound meets the budget) and, with `opts.refine`, a round near the budget
+    (the predicted median meets it; the device decides). Column `bound` tells which."""
+    ranked, opts = prep.ranked, prep.opts
     calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
-    opts = prep.opts
-    ev = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress)
-    if not ev.records:
+    safe = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress)
+    if not safe.records:
         raise LatpruneError(f"strategy '{opts.strategy}' found no architecture predicted to meet {opts.metric} <= "
                             f"{opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full depth's "
                             "latency); raise the budget or try another --strategy")
-    return ev.frame().sort_values("perplexity")
+    frames = [safe.frame()]
+    if opts.refine:
+        near = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress, bound="median",
+                               perplexities=safe.perplexities)
+        frames.append(near.frame())
+    cands = pd.concat(frames, ignore_index=True).drop_duplicates("arch_id", keep="first")
+    return cands.sort_values("perplexity", kind="stable")
+
+
+def pick_finalists(prep: Prepared, cands: pd.DataFrame) -> list[Architecture]:
+    """The `opts.finalists` best safe candidates, and the `opts.refine` best near-budget ones
+    that beat them all; best calibration perplexity first."""
+    opts = prep.opts
+    safe = cands[cands.bound == "upper"].head(opts.finalists)
+    near = cands[(cands.bound == "median") & (cands.perplexity < safe.perplexity.min())].head(opts.refine)
+    chosen = pd.concat([near, safe]).sort_values("perplexity", kind="stable")
+    return [prep.ranked.space.validate(Architecture.from_json(r)) for r in chosen.arch_json]
 
 
 def verify_finalists(prep: Prepared, cands: pd.DataFrame, record: str | Path | None = None,
                      progress: bool = True) -> Verification:
-    """Time the top `opts.finalists` candidates on the device, paired with the parent;
-    marks them and their measured latencies in `cands`."""
-    space = prep.ranked.space
-    finalists = [space.validate(Architecture.from_json(r)) for r in cands.head(prep.opts.finalists).arch_json]
+    """Time the finalists (`pick_finalists`) on the device, paired with the parent; marks
+    them and their measured latencies in `cands`."""
+    finalists = pick_finalists(prep, cands)
     vbar = tqdm(total=len(finalists) * ROUNDS, desc=f"verify on {prep.device.name}", unit="timing",
                 disable=not progress)
     try:
@@ -153,7 +174,8 @@ def verify_finalists(prep: Prepared, cands: pd.DataFrame, record: str | Path | N
 
 def choose_winner(prep: Prepared, verified: Verification) -> Architecture:
     """The first finalist (best calibration perplexity) whose measured latency meets the
-    budget; raises naming every finalist's figure when none does."""
+    budget, near-budget ones included: nothing over the budget on the device ever wins.
+    Raises naming every finalist's figure when none does."""
     m, budget = prep.opts.metric, prep.opts.latency_ms
     passing = [a for a in verified.finalists if verified.measured[a.id][m] <= budget]
     if not passing:
@@ -270,6 +292,7 @@ class SearchResult:
             "device": self.prep.device.name, "metric": m, "budget_ms": opts.latency_ms,
             "margin": opts.safety_margin, "workload": self.prep.workload.to_dict(), "strategy": opts.strategy,
             "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
+            "refine": opts.refine,
             "evaluations": len(self.cands), "device_measurements": len(self.verified.finalists) * ROUNDS,
             "verification_rounds": ROUNDS, "search_seconds": round(self.search_s, 1),
             "supernet": self.prep.ranked.weights is not None,
@@ -280,6 +303,7 @@ class SearchResult:
         pp, pm = summary["parent"], summary["winner"]
         summary["budget_use"] = {"measured_over_budget": pm["measured"][m] / opts.latency_ms,
                                  "predicted_interval_ms": [pm["predicted"][m], pm["predicted_upper"].get(m)],
+                                 "chosen_from": str(self.cands.set_index("arch_id").loc[self.winner.id, "bound"]),
                                  "device_measurements": summary["device_measurements"]}
         summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
                                   "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from latprune import LatpruneError, SearchSpace
+from latprune import Architecture, LatpruneError, SearchSpace
 from latprune.compress.importance import compute_ranking
 from latprune.compress.ranked import RankedModel
 from latprune.predictors.predictor import Predictor
@@ -68,3 +68,34 @@ def test_pareto_front_keeps_only_non_dominated():
 
     frame = pd.DataFrame({"lat": [1, 2, 3, 4, 2.5], "perplexity": [9, 5, 6, 3, 4]})
     assert list(pareto_front(frame, "lat").lat) == [1, 2, 2.5, 4]
+
+
+def test_the_near_budget_round_reaches_past_the_upper_bound_and_shares_perplexities(setup):
+    ranked, predictor, windows = setup
+    opts = SearchOptions(budget_at(predictor, ranked, 0.8), evaluations=8, seed=1)
+    safe = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False)
+    near = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, bound="median",
+                           perplexities=safe.perplexities)
+    frame = near.frame()
+    assert (frame.pred_decode_ms <= opts.limit_ms + 1e-9).all() and (frame.bound == "median").all()
+    assert (frame.pred_decode_ms_upper > opts.limit_ms).any()  # what the safe round may not look at
+    assert set(near.perplexities) >= set(safe.records)  # one perplexity per architecture, whichever round
+
+
+def test_near_budget_finalists_are_verified_but_nothing_over_budget_wins(setup):
+    import pandas as pd
+
+    from latprune.profiling.verify import Verification
+    from latprune.search.workflow import Prepared, choose_winner, pick_finalists
+
+    ranked, _, _ = setup
+    space = ranked.space
+    archs = [Architecture.uniform(n, 4, 2, 64, 64) for n in (3, 2, 1)] + [space.smallest()]
+    cands = pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
+                          "perplexity": [5.0, 6.0, 9.0, 20.0], "bound": ["median", "median", "upper", "upper"]})
+    prep = Prepared(None, None, Workload(), ranked, SearchOptions(10.0, finalists=2, refine=1))
+    finalists = pick_finalists(prep, cands)
+    assert [a.id for a in finalists] == [archs[0].id, archs[2].id, archs[3].id]  # best near one, then the safe ones
+    measured = {archs[0].id: {"decode_ms": 10.5}, archs[2].id: {"decode_ms": 9.0}, archs[3].id: {"decode_ms": 2.0}}
+    winner = choose_winner(prep, Verification(finalists, measured, {"drift": {"decode_ms": 1.0}}))
+    assert winner == archs[2]  # the near-budget one measured over 10 ms
