@@ -9,6 +9,7 @@ Phases, each a function: `prepare` (device, predictor, ranked parent) -> `find_c
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -255,12 +256,18 @@ class SearchResult:
     search_s: float
     quality: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held-out windows of the text, windows of the second text), tokenized once."""
+        tokenizer = self.prep.ranked.tokenizer
+        return (heldout_windows(tokenizer, self.prep.ranked.text, WINDOW, HELDOUT_WINDOWS),
+                second_windows(tokenizer, WINDOW, HELDOUT_WINDOWS))
+
     def measure_quality(self, stage: str) -> None:
         """Quality of the winner at `stage` (and of the parent, once): held-out perplexity,
         KL and top-1 agreement with the parent, second-text perplexity."""
         ranked = self.prep.ranked
-        held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, HELDOUT_WINDOWS)
-        second = second_windows(ranked.tokenizer, WINDOW, HELDOUT_WINDOWS)
+        held, second = self.windows
         if "parent" not in self.quality:
             self.quality.update(parent=quality_report(ranked.model, ranked.model, held, second),
                                 windows=int(held.shape[0]))
@@ -272,8 +279,8 @@ class SearchResult:
         into `out`; the perplexity change of the dtype cast is measured and recorded first."""
         ranked, dtype = self.prep.ranked, self.prep.opts.dtype
         saved = cast_copy(self.child, dtype)
-        held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, HELDOUT_WINDOWS)
-        self.quality["saved"] = {"dtype": dtype, "heldout_perplexity": perplexity(cast_copy(saved, "fp32"), held)}
+        self.quality["saved"] = {"dtype": dtype,
+                                 "heldout_perplexity": perplexity(cast_copy(saved, "fp32"), self.windows[0])}
         summary = self.summary()
         with atomic_dir(out, SEARCH_MARKER, inputs) as tmp:
             save_compressed(saved, self.winner, tmp / "model", ranked.model.config, ranked.tokenizer,

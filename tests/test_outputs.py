@@ -42,7 +42,10 @@ def test_a_model_is_its_own_perfect_match_and_a_pruned_one_is_not(tokens):
     child = extract(parent, Architecture.uniform([0, 1], 4, 2, 64, 64), space=SearchSpace.from_config(parent.config))
     same = closeness(parent, parent, tokens)
     assert same["kl_to_parent"] == 0.0 and same["top1_agreement"] == 1.0
-    assert math.isclose(same["perplexity"], perplexity(parent, tokens), rel_tol=1e-5)  # float32 sums in another order
+    assert math.isclose(same["perplexity"], perplexity(parent, tokens), rel_tol=1e-5)
+    itself = quality_report(parent, parent, tokens, tokens[:1])  # the shortcut for the parent itself
+    assert itself["kl_to_parent"] == 0.0 and itself["top1_agreement"] == 1.0
+    assert math.isclose(itself["heldout_perplexity"], same["perplexity"], rel_tol=1e-5)
     other = quality_report(child, parent, tokens, tokens[:1])
     assert other["kl_to_parent"] > 0 and other["top1_agreement"] < 1
     assert math.isclose(other["second_text_perplexity"], perplexity(child, tokens[:1]), rel_tol=1e-5)
