@@ -12,6 +12,7 @@ from .errors import LatpruneError
 
 SCHEMA_VERSION = 1
 KEYS = ("layers", "heads", "kv_groups", "mlp", "hidden")
+MAX_LAYERS = 10_000  # far beyond any model; a larger count in a JSON file is a mistake, not a model
 _EXPECTED = {"layers": "a positive integer (the first N parent layers) or a list of parent layer indices",
              "heads": "an integer or a list of integers, one per kept layer",
              "kv_groups": "an integer or a list of integers, one per kept layer",
@@ -126,8 +127,8 @@ class Architecture:
             raise LatpruneError(f"architecture JSON lacks {', '.join(missing)}")
         layers = data["layers"]
         if _is_int(layers):
-            if layers < 1:
-                raise LatpruneError(f"architecture: 'layers' must be at least 1; got {layers}")
+            if not 1 <= layers <= MAX_LAYERS:  # checked before a list of that many indices is built
+                raise LatpruneError(f"architecture: 'layers' must be a count from 1 to {MAX_LAYERS:,}; got {layers}")
             layers = list(range(layers))
         for key, value in (("layers", layers), ("heads", data["heads"]), ("kv_groups", data["kv_groups"]),
                            ("mlp", data["mlp"])):

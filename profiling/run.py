@@ -28,7 +28,7 @@ from .dataset import STEPS, ProfileWriter, baseline, default_profile, stat_colum
 from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
-from .sampling import profile_plan
+from .sampling import check_samples, profile_plan
 from .timing import TimedModel, Timing, time_steps
 
 DRIFT_THRESHOLD = 0.25
@@ -203,8 +203,7 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
             workload: Workload | None = None, *, out: str | Path | None = None, seed: int = 0,
             devices_file: str | Path | None = None, keep_onnx: bool = False, progress: bool = True) -> Path:
     """Profile `samples` architectures of `model` on `device`; rerunning resumes."""
-    if samples < 1:
-        raise LatpruneError(f"--samples must be at least 1; got {samples}")
+    check_samples(samples)
     dev = get_device(device, devices_file)
     check_available(dev)
     workload = workload or Workload()

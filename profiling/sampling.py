@@ -13,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
 from latprune.space import SearchSpace
+
+MAX_SAMPLES = 5_000  # weeks of profiling on a CPU; the plan's candidate pool grows 60x this
+
+
+def check_samples(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        raise LatpruneError(f"--samples must be an integer from 1 to {MAX_SAMPLES:,}; got {n!r}")
 
 
 def profile_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 60) -> list[Architecture]:

@@ -16,6 +16,7 @@ from latprune.predictors.predictor import default_predictor_dir, fit_profile
 from latprune.profiling.dataset import baseline, default_profile, read_profile, usable_rows
 from latprune.profiling.devices import check_available, get_device
 from latprune.profiling.run import profile
+from latprune.profiling.sampling import check_samples
 
 from .options import SearchOptions
 from .report import build_report
@@ -56,9 +57,9 @@ def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOption
     None means DEFAULT_FRACTION of the parent's measured latency; `supernet_steps` > 0
     fine-tunes the super-network first (cached) and searches its slices."""
     opts = opts or SearchOptions(latency_ms=None)
-    if samples < 1 or supernet_steps < 0:
-        raise LatpruneError(f"--samples must be at least 1 and --supernet-steps at least 0; got {samples}, "
-                            f"{supernet_steps}")
+    check_samples(samples)
+    if supernet_steps < 0:
+        raise LatpruneError(f"--supernet-steps must be at least 0; got {supernet_steps}")
     profile_path, predictor_dir = default_profile(device), default_predictor_dir(device)
     check_out(out, SEARCH_MARKER, [model, profile_path, predictor_dir])
     check_out(predictor_dir, PREDICTOR_MARKER, [model, profile_path])

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from latprune import Architecture, LatpruneError
@@ -34,6 +34,7 @@ def arch_dicts(draw):
 
 @SETTINGS
 @given(arch_dicts())
+@example({"layers": 2**62, "heads": 9, "kv_groups": 3, "mlp": 512, "hidden": 576})  # once ran the host out of memory
 def test_architecture_json_is_either_a_legal_architecture_or_one_clear_error(data):
     space = smol_like_space()
     try:

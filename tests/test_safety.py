@@ -231,6 +231,7 @@ def test_text_that_is_not_prose_is_refused(capsys, tmp_path, tiny_dir):
     (["eval", "--windows", "-1"], "--windows"),
     (["profile", "--seed", "-1"], "--seed"),
     (["profile", "--samples", "0"], "--samples"),
+    (["run", "--samples", "100000000"], "--samples"),
     (["distill", "--student", "x", "--out", "y", "--lr", "nan"], "--lr"),
     (["distill", "--student", "x", "--out", "y", "--steps", "-1"], "--steps"),
     (["fit", "p.parquet", "--kind", "forest"], "--kind"),
