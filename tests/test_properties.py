@@ -17,7 +17,9 @@ from latprune.workload import Workload
 
 from conftest import smol_like_space
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples in every run, so a landing never hangs on a lucky draw (new cases go in @example)
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 scalars = st.one_of(st.integers(-3, 40), st.integers(), st.booleans(), st.floats(allow_nan=True),
                     st.text(max_size=5), st.none())
 values = st.one_of(scalars, st.lists(st.one_of(st.integers(0, 40), scalars), max_size=6))
