@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latprune.checks import is_int
 from latprune.errors import Interrupted, LatpruneError, no_interrupt
 from latprune.files import CHECKPOINT_MARKER, atomic_dir
 
@@ -42,7 +43,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "save_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise LatpruneError(f"distillation {name} must be a positive integer; got {value!r}")
         for name in ("lr", "temperature"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
+from latprune.checks import is_int
 from latprune.errors import LatpruneError, no_interrupt
 from latprune.space import SearchSpace
 
@@ -49,7 +50,7 @@ class SupernetConfig(DistillConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.random_archs, bool) or not isinstance(self.random_archs, int) or self.random_archs < 0:
+        if not is_int(self.random_archs) or self.random_archs < 0:
             raise LatpruneError(f"random_archs must be an integer >= 0; got {self.random_archs!r}")
         if self.band is not None and not 0 < self.band[0] <= self.band[1] <= 1:
             raise LatpruneError(f"band must be 0 < lo <= hi <= 1 (fractions of the parent's parameters); got "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from latprune.architecture import Architecture
+from latprune.checks import is_int
 from latprune.errors import LatpruneError
 from latprune.files import CHECKPOINT_MARKER, MODEL_MARKER, check_out, remove_output
 from latprune.models import load_config, load_parent, load_tokenizer, model_identity
@@ -57,7 +58,7 @@ def compress(model: str | Path, out: str | Path, *, arch: Architecture | None = 
 
 
 def _check_windows(windows: int) -> None:
-    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+    if not is_int(windows) or windows < 1:
         raise LatpruneError(f"--windows must be a positive integer; got {windows!r}")
 
 

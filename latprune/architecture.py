@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import is_int
 from .errors import LatpruneError
 
 SCHEMA_VERSION = 1
@@ -19,14 +20,9 @@ _EXPECTED = {"layers": "a positive integer (the first N parent layers) or a list
              "mlp": "an integer or a list of integers, one per kept layer"}
 
 
-def _is_int(value: Any) -> bool:
-    """A JSON integer (not a bool, a float or a string)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_ints(value: Any) -> bool:
     """A non-empty JSON list of integers."""
-    return isinstance(value, list) and bool(value) and all(map(_is_int, value))
+    return isinstance(value, list) and bool(value) and all(map(is_int, value))
 
 
 def _per_layer(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -126,15 +122,15 @@ class Architecture:
         if missing:
             raise LatpruneError(f"architecture JSON lacks {', '.join(missing)}")
         layers = data["layers"]
-        if _is_int(layers):
+        if is_int(layers):
             if not 1 <= layers <= MAX_LAYERS:  # checked before a list of that many indices is built
                 raise LatpruneError(f"architecture: 'layers' must be a count from 1 to {MAX_LAYERS:,}; got {layers}")
             layers = list(range(layers))
         for key, value in (("layers", layers), ("heads", data["heads"]), ("kv_groups", data["kv_groups"]),
                            ("mlp", data["mlp"])):
-            if not (_is_ints(value) or (key != "layers" and _is_int(value))):
+            if not (_is_ints(value) or (key != "layers" and is_int(value))):
                 raise LatpruneError(f"architecture: '{key}' must be {_EXPECTED[key]}; got {data[key]!r}")
-        if not _is_int(data["hidden"]):
+        if not is_int(data["hidden"]):
             raise LatpruneError(f"architecture: 'hidden' must be an integer; got {data['hidden']!r}")
         return cls.per_layer(layers, data["heads"], data["kv_groups"], data["mlp"], data["hidden"])
 

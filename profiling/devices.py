@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latprune.checks import is_int
 from latprune.errors import LatpruneError
 
 PROVIDER_HINTS = {
@@ -101,7 +102,7 @@ def _check_table(data: dict[str, Any], bad) -> None:
         raise bad("dtype must be fp32 or fp16")
     for key, lowest in (("threads", 0), ("warmup", 0), ("min_repeats", 1), ("max_repeats", 1), ("bursts", 1),
                         ("max_bursts", 1), ("busy_retries", 0)):
-        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < lowest):
+        if key in data and (not is_int(data[key]) or data[key] < lowest):
             raise bad(f"{key} must be an integer >= {lowest}")
     for key in ("min_time_s", "ratio_tolerance", "busy_tolerance"):
         if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | float)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from latprune.architecture import Architecture
+from latprune.checks import is_int
 from latprune.errors import LatpruneError
 from latprune.space import SearchSpace
 
@@ -20,7 +21,7 @@ MAX_SAMPLES = 5_000  # weeks of profiling on a CPU; the plan's candidate pool gr
 
 
 def check_samples(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+    if not is_int(n) or not 1 <= n <= MAX_SAMPLES:
         raise LatpruneError(f"--samples must be an integer from 1 to {MAX_SAMPLES:,}; got {n!r}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from latprune.checks import is_int
 from latprune.errors import LatpruneError
 from latprune.workload import METRICS
 
@@ -46,7 +47,7 @@ class SearchOptions:
         for name, lowest in (("evaluations", 1), ("finalists", 1), ("refine", 0), ("seed", 0), ("pareto", 0),
                              ("distill_steps", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            if not is_int(value) or value < lowest:
                 raise LatpruneError(f"--{name.replace('_', '-')} must be an integer >= {lowest}; got {value!r}")
         if not (isinstance(self.recover_minutes, int | float) and 0 <= self.recover_minutes < math.inf):
             raise LatpruneError(f"--recover-minutes must be a number >= 0; got {self.recover_minutes!r}")
