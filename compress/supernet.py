@@ -223,8 +223,9 @@ def supernet_key(ranked, cfg: SupernetConfig) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-def save_supernet(ranked, supernet: nn.Module, cfg: SupernetConfig, out: str | Path, quality: dict) -> Path:
-    """Write the super-network as a parent-shaped HF checkpoint, with its ranking and metadata."""
+def save_supernet(ranked, supernet: nn.Module, cfg: SupernetConfig, out: str | Path, quality: dict) -> dict:
+    """Write the super-network as a parent-shaped HF checkpoint, with its ranking and
+    metadata; returns the metadata as written."""
     import json
     from dataclasses import asdict
 
@@ -239,7 +240,7 @@ def save_supernet(ranked, supernet: nn.Module, cfg: SupernetConfig, out: str | P
         ranked.tokenizer.save_pretrained(tmp)
         ranked.ranking.save(tmp / "latprune_ranking.safetensors")  # the slicing order, for reference
         (tmp / SUPERNET_MARKER).write_text(json.dumps(meta, indent=2, default=list))
-    return Path(out)
+    return json.loads(json.dumps(meta, default=list))
 
 
 def attach_supernet(ranked, folder: str | Path):

@@ -140,8 +140,9 @@ def supernet(model: str | Path = "default", out: str | Path | None = None, *, st
     ranked = rank_model(model, text, progress=progress)
     key = supernet_key(ranked, cfg)
     out = Path(out) if out is not None else cache_dir() / "supernet" / key
-    if (out / SUPERNET_MARKER).is_file() and json.loads((out / SUPERNET_MARKER).read_text()).get("key") == key:
-        return {**json.loads((out / SUPERNET_MARKER).read_text()), "folder": str(out), "reused": True}
+    meta = json.loads((out / SUPERNET_MARKER).read_text()) if (out / SUPERNET_MARKER).is_file() else {}
+    if meta.get("key") == key:
+        return {**meta, "folder": str(out), "reused": True}
     train = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, max_windows=None)
     held = heldout_windows(ranked.tokenizer, ranked.text, WINDOW, eval_windows)
     net = copy.deepcopy(ranked.model)
@@ -151,6 +152,6 @@ def supernet(model: str | Path = "default", out: str | Path | None = None, *, st
     quality = {"parent_heldout_perplexity": perplexity(ranked.model, held),
                "full_slice_heldout_perplexity": perplexity(net, held), "windows": int(held.shape[0]),
                "seconds_this_run": round(time.perf_counter() - t0, 1)}
-    save_supernet(ranked, net, cfg, out, quality)
+    meta = save_supernet(ranked, net, cfg, out, quality)
     remove_output(checkpoint, CHECKPOINT_MARKER)
-    return {**json.loads((out / SUPERNET_MARKER).read_text()), "folder": str(out), "reused": False}
+    return {**meta, "folder": str(out), "reused": False}

@@ -130,9 +130,12 @@ class ProfileWriter:
         self.path = Path(path)
         if self.path.suffix != ".parquet":
             raise LatpruneError(f"profile '{path}' must be a .parquet file")
-        self.frame = read_profile(self.path)
         self._lock = FileLock(self.path, CONCURRENCY)
-        self.frame = read_profile(self.path)  # re-read under the lock: another writer may have just finished
+        try:
+            self.frame = read_profile(self.path)  # under the lock: another writer may have just finished
+        except LatpruneError:
+            self._lock.release()
+            raise
 
     def close(self) -> None:
         """Release the lock (also released when the process ends, however it ends)."""

@@ -75,7 +75,8 @@ def test_a_super_network_of_another_parent_or_text_is_refused(tmp_path):
             (folder / "tokenizer.json").write_text("{}")
 
     ranked = RankedModel(parent, Tok(), space, ranking, "text", text_key="abc")
-    folder = save_supernet(ranked, copy.deepcopy(parent), SupernetConfig(steps=1), tmp_path / "sn", {})
+    folder = tmp_path / "sn"
+    assert save_supernet(ranked, copy.deepcopy(parent), SupernetConfig(steps=1), folder, {})["text_key"] == "abc"
     assert attach_supernet(ranked, folder).weights is not None
     with pytest.raises(LatpruneError, match="another text"):
         attach_supernet(RankedModel(parent, Tok(), space, ranking, "text", text_key="xyz"), folder)
