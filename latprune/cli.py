@@ -120,15 +120,14 @@ def cmd_predict(args) -> int:
 
 
 def _search_options(args, latency_ms: float | None):
+    """SearchOptions from the options this command has; the others keep SearchOptions' defaults."""
+    from dataclasses import fields
+
     from latprune.search.options import SearchOptions
 
-    return SearchOptions(latency_ms=latency_ms, metric=args.metric, safety_margin=getattr(args, "margin", 0.0),
-                         evaluations=args.evaluations, strategy=getattr(args, "strategy", "nas"),
-                         optimizer=getattr(args, "optimizer", None) or _default_optimizer(), seed=args.seed,
-                         finalists=getattr(args, "finalists", 3), refine=getattr(args, "refine", 2),
-                         pareto=getattr(args, "pareto", 0),
-                         distill_steps=getattr(args, "distill_steps", 0), recover_minutes=args.recover_minutes,
-                         dtype=args.dtype)
+    given = {f.name: getattr(args, f.name, None) for f in fields(SearchOptions)}
+    given.update(latency_ms=latency_ms, safety_margin=getattr(args, "margin", None))
+    return SearchOptions(latency_ms, **{k: v for k, v in given.items() if v is not None and k != "latency_ms"})
 
 
 def cmd_search(args) -> int:
@@ -223,10 +222,11 @@ def cmd_distill(args) -> int:
 
 
 # ---- parser --------------------------------------------------------------------
-def _default_optimizer() -> str:
-    from latprune.search.options import DEFAULT_OPTIMIZER
+def _option_default(name: str):
+    """The default of a SearchOptions field, so the parser does not repeat it."""
+    from latprune.search.options import SearchOptions
 
-    return DEFAULT_OPTIMIZER
+    return SearchOptions.__dataclass_fields__[name].default
 
 
 def _integer(lowest: int):
@@ -269,34 +269,42 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _metric_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", default="decode_ms", choices=METRICS,
+    p.add_argument("--metric", default=_option_default("metric"), choices=METRICS,
                    help="decode_ms (per generated token; default), prefill_ms or e2e_ms")
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
     from latprune.search.options import STRATEGIES
 
-    p.add_argument("--evaluations", type=_integer(1), default=60, help="perplexity evaluations (default 60)")
-    p.add_argument("--margin", type=_number(0, 1, strict=False), default=0.0,
+    _evaluations_arg(p)
+    p.add_argument("--margin", type=_number(0, 1, strict=False), default=_option_default("safety_margin"),
                    help="safety margin: predicted upper bound <= budget x (1 - margin)")
-    p.add_argument("--strategy", default="nas", choices=STRATEGIES, help="nas (default), random, uniform or layers")
-    p.add_argument("--optimizer", help="nevergrad optimizer for --strategy nas (default chosen in "
-                                       "benchmarks/optimizer_choice.py: PortfolioDiscreteOnePlusOne)")
-    p.add_argument("--finalists", type=_integer(1), default=3, help="top candidates timed on the device")
-    p.add_argument("--refine", type=_integer(0), default=2,
+    p.add_argument("--strategy", default=_option_default("strategy"), choices=STRATEGIES,
+                   help="nas (default), random, uniform or layers")
+    p.add_argument("--optimizer", default=_option_default("optimizer"),
+                   help="nevergrad optimizer for --strategy nas (default chosen in benchmarks/optimizer_choice.py: "
+                        "%(default)s)")
+    p.add_argument("--finalists", type=_integer(1), default=_option_default("finalists"),
+                   help="top candidates timed on the device (default %(default)s)")
+    p.add_argument("--refine", type=_integer(0), default=_option_default("refine"),
                    help="also time the K best candidates whose predicted median (not upper bound) meets the budget, "
-                        "so the budget is spent; nothing over budget on the device wins (default 2; 0: off)")
-    p.add_argument("--pareto", type=_integer(0), default=0, help="also report K points of the perplexity/latency "
-                                                                  "front")
+                        "so the budget is spent; nothing over budget on the device wins (default %(default)s; 0: off)")
+    p.add_argument("--pareto", type=_integer(0), default=_option_default("pareto"),
+                   help="also report K points of the perplexity/latency front")
+
+
+def _evaluations_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--evaluations", type=_integer(1), default=_option_default("evaluations"),
+                   help="perplexity evaluations in the search (default %(default)s)")
 
 
 def _recovery_args(p: argparse.ArgumentParser) -> None:
-    from latprune.search.options import DEFAULT_RECOVER_MINUTES, DTYPES
+    from latprune.search.options import DTYPES
 
-    p.add_argument("--recover-minutes", type=_number(0, strict=False), default=DEFAULT_RECOVER_MINUTES,
-                   help=f"distil the winner from the parent for this long (default {DEFAULT_RECOVER_MINUTES:g}; "
-                        "0 skips); resumable")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="dtype of the saved checkpoint (default bf16)")
+    p.add_argument("--recover-minutes", type=_number(0, strict=False), default=_option_default("recover_minutes"),
+                   help="distil the winner from the parent for this long (default %(default)g; 0 skips); resumable")
+    p.add_argument("--dtype", choices=DTYPES, default=_option_default("dtype"),
+                   help="dtype of the saved checkpoint (default %(default)s)")
 
 
 def _subparsers(parser: argparse.ArgumentParser):
@@ -391,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", help="batch=1,prompt=128,generate=32 (default: the predictor's)")
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--allow-mismatch", action="store_true", help="use a predictor of another device/model")
-    p.add_argument("--distill-steps", type=_integer(0), default=0,
+    p.add_argument("--distill-steps", type=_integer(0), default=_option_default("distill_steps"),
                    help="recover the winner with exactly N distillation steps instead of --recover-minutes")
     _recovery_args(p)
 
@@ -403,8 +411,7 @@ def _parser() -> argparse.ArgumentParser:
     _metric_arg(p)
     _model_arg(p)
     p.add_argument("--samples", type=_integer(1), default=40, help="profiled architectures (default 40)")
-    p.add_argument("--evaluations", type=_integer(1), default=60, help="perplexity evaluations in the search "
-                                                                        "(default 60)")
+    _evaluations_arg(p)
     p.add_argument("--supernet-steps", type=_integer(0), default=0,
                    help="fine-tune the super-network for N sandwich steps first (cached; default 0)")
     p.add_argument("--out", default="out/run")
