@@ -87,6 +87,7 @@ def cmd_profile(args) -> int:
     from .workload import Workload
 
     out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), out=args.out, seed=args.seed,
+                  aim=args.aim, aim_metric=args.metric,
                   devices_file=args.devices_file, keep_onnx=args.keep_onnx)
     print(f"wrote {out}")
     return 0
@@ -153,8 +154,8 @@ def _print_winner(summary: dict, out) -> None:
     print(f"winner {w['describe']} ({w['parameters']:,} of {p['parameters']:,} parameters)\n"
           f"  {m}: measured {w['measured'][m]:.2f} ms = {w['measured'][m] / summary['budget_ms']:.0%} of the "
           f"{summary['budget_ms']:g} ms budget (predicted {w['predicted'][m]:.2f} ms, upper bound "
-          f"{w['predicted_upper'][m]:.2f} ms; {summary['device_measurements']} device timings); parent measured "
-          f"{p['measured'][m]:.2f} ms\n"
+          f"{w['predicted_upper'][m]:.2f} ms); parent measured {p['measured'][m]:.2f} ms\n"
+          f"  device timings: {_timings(summary)}\n"
           f"  speedup: measured {sp['measured']:.2f}x, predicted {sp['predicted']:.2f}x\n"
           f"  held-out perplexity {w['heldout_perplexity']:.2f} (parent {p['heldout_perplexity']:.2f})")
     if "quality" in p:
@@ -162,6 +163,12 @@ def _print_winner(summary: dict, out) -> None:
 
         print(quality_table(summary))
     print(f"wrote {out}")
+
+
+def _timings(summary: dict) -> str:
+    use = summary["budget_use"]
+    return (f"{use['device_measurements']} ({use.get('in_refinement', 0)} in refinement, "
+            f"{use.get('in_verification', use['device_measurements'])} in verification)")
 
 
 def cmd_run(args) -> int:
@@ -229,6 +236,12 @@ def _option_default(name: str):
     return SearchOptions.__dataclass_fields__[name].default
 
 
+def _run_samples() -> int:
+    from latprune.search.options import RUN_SAMPLES
+
+    return RUN_SAMPLES
+
+
 def _integer(lowest: int):
     def parse(text: str) -> int:
         try:
@@ -277,6 +290,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     from latprune.search.options import STRATEGIES
 
     _evaluations_arg(p)
+    _selection_args(p)
     p.add_argument("--margin", type=_number(0, 1, strict=False), default=_option_default("safety_margin"),
                    help="safety margin: predicted upper bound <= budget x (1 - margin)")
     p.add_argument("--strategy", default=_option_default("strategy"), choices=STRATEGIES,
@@ -284,13 +298,20 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default=_option_default("optimizer"),
                    help="nevergrad optimizer for --strategy nas (default chosen in benchmarks/optimizer_choice.py: "
                         "%(default)s)")
-    p.add_argument("--finalists", type=_integer(1), default=_option_default("finalists"),
-                   help="top candidates timed on the device (default %(default)s)")
-    p.add_argument("--refine", type=_integer(0), default=_option_default("refine"),
-                   help="also time the K best candidates whose predicted median (not upper bound) meets the budget, "
-                        "so the budget is spent; nothing over budget on the device wins (default %(default)s; 0: off)")
     p.add_argument("--pareto", type=_integer(0), default=_option_default("pareto"),
                    help="also report K points of the perplexity/latency front")
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-measurements", type=_integer(0), default=_option_default("device_measurements"),
+                   help="refinement: time up to N candidates near the budget on the device, refitting the predictor "
+                        "after each, so the budget is spent (default %(default)s; 0: off)")
+    p.add_argument("--finalists", type=_integer(1), default=_option_default("finalists"),
+                   help="candidates verified on the device (3 paired rounds each), plus the best safe one as a "
+                        "fallback; nothing over budget on the device wins (default %(default)s)")
+    p.add_argument("--finalist-steps", type=_integer(0), default=_option_default("finalist_steps"),
+                   help="distillation steps each passing finalist gets before the winner is chosen by its quality "
+                        "after them (default %(default)s; 0: choose by zero-shot perplexity)")
 
 
 def _evaluations_arg(p: argparse.ArgumentParser) -> None:
@@ -355,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "measure ONNX Runtime latency of sampled sub-architectures on a device",
             "examples:\n  latprune profile --device cpu --model default --samples 40\n"
             "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
+            "  latprune profile --device cpu --samples 32 --aim 0.6   # half aimed at 60%% of the parent's decode_ms\n"
             "Rerunning the same command resumes: finished samples are kept and skipped.\n"
             "One process at a time per file: a second is refused (it would lose rows and disturb the timings).")
     p.add_argument("--device", default="cpu", help="cpu, a100, jetson or a device of --devices-file")
@@ -365,6 +387,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", **seed)
     p.add_argument("--devices-file", help="TOML file with extra devices")
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
+    p.add_argument("--aim", type=_number(0, 1), help="aim half of the samples at this fraction of the parent's "
+                                                    "latency (e.g. 0.6, your budget; default: all space-filling)")
+    _metric_arg(p)
 
     p = add("fit", cmd_fit, "fit per-device latency predictors on a profile",
             "examples:\n  latprune fit profiles/cpu.parquet\n"
@@ -410,8 +435,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=_number(0), help="budget (default: 60%% of the parent's measured latency)")
     _metric_arg(p)
     _model_arg(p)
-    p.add_argument("--samples", type=_integer(1), default=40, help="profiled architectures (default 40)")
+    p.add_argument("--samples", type=_integer(1), default=_run_samples(),
+                   help="profiled architectures, half of them aimed at the budget (default %(default)s)")
     _evaluations_arg(p)
+    _selection_args(p)
     p.add_argument("--supernet-steps", type=_integer(0), default=0,
                    help="fine-tune the super-network for N sandwich steps first (cached; default 0)")
     p.add_argument("--out", default="out/run")

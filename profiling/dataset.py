@@ -17,6 +17,7 @@ from latprune.files import FileLock, atomic_file
 SCHEMA_VERSION = 2  # 2: paired timing (ratio to the reference, raw and baseline columns)
 META_KEY = b"latprune_profile_schema"
 STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
+TRAINING_ROLES = ("sample", "refine")  # rows a predictor learns from (plus the reference)
 
 
 def stat_column(metric: str, stat: str) -> str:
@@ -41,13 +42,15 @@ def baseline(frame: pd.DataFrame, **match: Any) -> dict[str, float] | None:
 
 
 def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Measured sample rows, without failed and drift-flagged ones (counted)."""
+    """Measured sample rows and a search's refinement rows (candidates timed near its
+    budget), without failed and drift-flagged ones (counted)."""
     if frame.empty:
         raise LatpruneError("the profile has no rows; run 'latprune profile' first")
-    samples = frame[frame.role == "sample"]
+    samples = frame[frame.role.isin(TRAINING_ROLES)]
     failed = samples.status != "ok"
     drifted = (~failed) & samples.drift_flag.astype(bool)
-    counts = {"sample_rows": int(len(samples)), "failed": int(failed.sum()), "drift_flagged": int(drifted.sum())}
+    counts = {f"{role}_rows": int((samples.role == role).sum()) for role in TRAINING_ROLES}
+    counts.update(failed=int(failed.sum()), drift_flagged=int(drifted.sum()))
     ok = samples[~failed & ~drifted]
     counts["used"] = int(len(ok))
     return ok, counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import os
 import shutil
 import statistics
@@ -22,13 +23,13 @@ from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.models import cache_dir, load_config, model_identity
 from latprune.space import SearchSpace
-from latprune.workload import Workload
+from latprune.workload import METRICS, Workload
 
 from .dataset import STEPS, ProfileWriter, baseline, default_profile, stat_column
 from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
-from .sampling import check_samples, profile_plan
+from .sampling import aimed_plan, check_samples, profile_plan
 from .timing import TimedModel, Timing, time_steps
 
 DRIFT_THRESHOLD = 0.25
@@ -80,6 +81,7 @@ class Profiler:
             Path(tempfile.mkdtemp(prefix=f"{self.identity['config_hash']}-{os.getpid()}-", dir=graphs))
         self.key = {"device": device.name, "workload": workload.key, "model_hash": self.identity["config_hash"]}
         self._reference: TimedModel | None = None
+        self.session_referenced = False  # a reference row was recorded by this profiler
         self._recent: dict[str, deque[float]] = {m: deque(maxlen=HOST_WINDOW) for m in STEPS}
         self.baseline = baseline(self.writer.frame, **self.key)
 
@@ -189,6 +191,7 @@ class Profiler:
         if row["status"] != "ok":
             raise LatpruneError(f"the reference architecture failed to time: {row['error']}")
         self.writer.append(row)
+        self.session_referenced = True
         return row
 
     def close(self) -> None:
@@ -201,45 +204,85 @@ class Profiler:
 
 def profile(model: str | Path = "default", device: str = "cpu", samples: int = 40,
             workload: Workload | None = None, *, out: str | Path | None = None, seed: int = 0,
-            devices_file: str | Path | None = None, keep_onnx: bool = False, progress: bool = True) -> Path:
-    """Profile `samples` architectures of `model` on `device`; rerunning resumes."""
+            devices_file: str | Path | None = None, keep_onnx: bool = False, aim: float | None = None,
+            aim_ms: float | None = None, aim_metric: str = "decode_ms", progress: bool = True) -> Path:
+    """Profile `samples` architectures of `model` on `device`; rerunning resumes. With `aim`
+    (a fraction of the parent's `aim_metric`) or `aim_ms` (a latency), half of the samples
+    are space-filling and half are aimed at that latency (`aimed_plan`)."""
     check_samples(samples)
+    _check_aim(aim, aim_ms, aim_metric)
     dev = get_device(device, devices_file)
     check_available(dev)
     workload = workload or Workload()
     out = Path(out) if out else default_profile(dev.name)
     config = load_config(model)
     with ProfileWriter(out) as writer:
-        _profile_into(writer, Profiler(config, dev, workload, writer, keep_onnx), samples, seed, progress)
+        prof = Profiler(config, dev, workload, writer, keep_onnx)
+        bar = tqdm(total=samples, desc=f"profile {dev.name}", unit="sample", disable=not progress)
+        try:
+            spread = profile_plan(prof.space, samples - (samples // 2 if aim or aim_ms else 0), seed)
+            _time_plan(writer, prof, spread, bar)
+            if (aim or aim_ms) and samples // 2:
+                fraction = aim or aim_ms / _parent_ms(prof, aim_metric)
+                aimed = _aimed(writer, prof, spread, samples // 2, fraction, metric=aim_metric, seed=seed)
+                _time_plan(writer, prof, aimed, bar)
+        finally:
+            bar.close()
+            prof.close()
     return out
 
 
-def _profile_into(writer: ProfileWriter, prof: Profiler, samples: int, seed: int, progress: bool) -> None:
+def _check_aim(aim: float | None, aim_ms: float | None, metric: str) -> None:
+    if aim is not None and aim_ms is not None:
+        raise LatpruneError("give the profile's aim as a fraction of the parent (--aim) or in ms, not both")
+    if aim is not None and not (math.isfinite(aim) and 0 < aim < 1):
+        raise LatpruneError(f"--aim must be a fraction of the parent's latency between 0 and 1; got {aim}")
+    if aim_ms is not None and not (math.isfinite(aim_ms) and aim_ms > 0):
+        raise LatpruneError(f"the aimed latency must be a positive number of ms; got {aim_ms}")
+    if metric not in METRICS:
+        raise LatpruneError(f"--metric must be one of {', '.join(METRICS)}; got '{metric}'")
+
+
+def _parent_ms(prof: Profiler, metric: str) -> float:
+    scale = prof.baseline
+    if metric == "e2e_ms":
+        return prof.workload.e2e_ms(scale["prefill_ms"], scale["decode_ms"])
+    return scale[metric]
+
+
+def _aimed(writer: ProfileWriter, prof: Profiler, spread: list[Architecture], n: int, aim: float, *, metric: str,
+           seed: int) -> list[Architecture]:
+    """The aimed half of the plan, from the spread half's measured rows (so a rerun plans it again the same)."""
+    rows = writer.rows(role="sample", status="ok", **prof.key)
+    rows = rows[rows.arch_id.isin({a.id for a in spread})].drop_duplicates("arch_id")
+    by_id = {a.id: a for a in spread}
+    parent = _parent_ms(prof, metric)
+    measured = {by_id[r.arch_id]: prof.workload.e2e_ms(r.prefill_ms, r.decode_ms) / parent if metric == "e2e_ms"
+                else r[metric] / parent for _, r in rows.iterrows()}
+    measured[prof.space.largest()] = 1.0
+    return aimed_plan(prof.space, n, measured, aim, seed=seed, exclude=set(by_id))
+
+
+def _time_plan(writer: ProfileWriter, prof: Profiler, plan: list[Architecture], bar: tqdm) -> None:
     """Time the planned samples `writer` does not hold yet, one row each, recorded as it ends."""
-    plan = profile_plan(prof.space, samples, seed)
     done = set(writer.rows(role="sample", **prof.key)["arch_id"]) if not writer.frame.empty else set()
     todo = [a for a in plan if a.id not in done]
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"profile {prof.device.name}", unit="sample",
-               disable=not progress)
-    try:
-        if todo:
-            ref = prof.reference()  # fixes the baseline, or records this session's drift from it
-            if ref["drift_flag"]:
-                bar.write(f"latprune: warning: the reference runs {ref['drift'] - 1:+.0%} off the profile's baseline; "
-                          "samples timed in this state are flagged (machine busy or throttling?)")
-        for arch in todo:
-            row = prof.measure(arch, "sample")
-            writer.append(row)
-            bar.update(1)
-            if row["status"] != "ok":
-                bar.write(f"latprune: sample {arch.id} failed: {row['error'].splitlines()[0]}")
-                continue
-            bar.set_postfix_str(f"{arch.describe()}: prefill {row['prefill_ms']:.1f} ms, "
-                                f"decode {row['decode_ms']:.2f} ms, drift {row['drift'] - 1:+.0%}"
-                                + (f", host busy: {row['attempts']} attempts" if row["attempts"] > 1 else ""))
-            if row["drift_flag"]:
-                bar.write(f"latprune: warning: the reference drifted {row['drift'] - 1:+.0%} from the baseline "
-                          f"while timing {arch.id}; the sample is flagged (machine busy or throttling?)")
-    finally:
-        bar.close()
-        prof.close()
+    bar.update(len(plan) - len(todo))
+    if todo and not prof.session_referenced:
+        ref = prof.reference()  # fixes the baseline, or records this session's drift from it
+        if ref["drift_flag"]:
+            bar.write(f"latprune: warning: the reference runs {ref['drift'] - 1:+.0%} off the profile's baseline; "
+                      "samples timed in this state are flagged (machine busy or throttling?)")
+    for arch in todo:
+        row = prof.measure(arch, "sample")
+        writer.append(row)
+        bar.update(1)
+        if row["status"] != "ok":
+            bar.write(f"latprune: sample {arch.id} failed: {row['error'].splitlines()[0]}")
+            continue
+        bar.set_postfix_str(f"{arch.describe()}: prefill {row['prefill_ms']:.1f} ms, "
+                            f"decode {row['decode_ms']:.2f} ms, drift {row['drift'] - 1:+.0%}"
+                            + (f", host busy: {row['attempts']} attempts" if row["attempts"] > 1 else ""))
+        if row["drift_flag"]:
+            bar.write(f"latprune: warning: the reference drifted {row['drift'] - 1:+.0%} from the baseline "
+                      f"while timing {arch.id}; the sample is flagged (machine busy or throttling?)")

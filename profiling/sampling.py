@@ -47,3 +47,38 @@ def profile_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 6
         chosen.append(candidates[i])
     order = rng.permutation(len(chosen))
     return [chosen[i] for i in order]
+
+
+AIM_WIDTH = 0.15  # an aimed plan covers aim x (1 +- AIM_WIDTH) of the parent's latency
+
+
+def _proxy_features(space: SearchSpace, archs: list[Architecture]) -> np.ndarray:
+    """[1, parameter fraction, layer fraction] of the parent: what latency is roughly linear in."""
+    largest = space.largest()
+    return np.array([[1.0, space.num_params(a) / space.num_params(largest), a.num_layers / largest.num_layers]
+                     for a in archs])
+
+
+def aimed_plan(space: SearchSpace, n: int, measured: dict[Architecture, float], aim: float, *, seed: int = 0,
+               exclude: set[str] = frozenset(), pool_factor: int = 60) -> list[Architecture]:
+    """`n` distinct architectures whose latency, as a fraction of the parent's, is estimated
+    (least squares on `measured`: architecture -> fraction) to lie within aim x (1 +- AIM_WIDTH),
+    evenly spread over that band; none of `exclude` (ids). Deterministic in its inputs."""
+    if len(measured) < 3:
+        raise LatpruneError(f"an aimed profile plan needs at least 3 measured architectures; got {len(measured)}")
+    archs = list(measured)
+    coef, *_ = np.linalg.lstsq(_proxy_features(space, archs), np.array([measured[a] for a in archs]), rcond=None)
+    rng = np.random.default_rng(seed + 1)
+    pool = {a.id: a for a in (space.sample(rng) for _ in range(pool_factor * n)) if a.id not in exclude}
+    candidates = list(pool.values())
+    estimate = _proxy_features(space, candidates) @ coef
+    used = np.zeros(len(candidates), dtype=bool)
+    chosen = []
+    for target in np.linspace(aim * (1 - AIM_WIDTH), aim * (1 + AIM_WIDTH), n):
+        dist = np.where(used, np.inf, np.abs(estimate - target))
+        if not np.isfinite(dist).any():
+            break
+        i = int(np.argmin(dist))
+        used[i] = True
+        chosen.append(candidates[i])
+    return chosen

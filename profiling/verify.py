@@ -4,7 +4,10 @@ one's median. A measured latency is on the predictor's scale: its ratio to the p
 parent's latency when the predictor's profile was calibrated, whatever file the timings are
 recorded in. So predictions, budget and measurements share one scale, measured speedups are
 ratios taken side by side, and both are robust to the machine drifting since; the raw
-timings and the parent's drift are kept beside them."""
+timings and the parent's drift are kept beside them.
+
+A `DeviceSession` holds one profiler (the parent's graph exported and loaded once) and the
+record's lock for a whole search: its refinement timings and its verification."""
 
 from __future__ import annotations
 
@@ -36,38 +39,71 @@ class Verification:
     parent: dict[str, dict[str, float]]
 
 
-def _timed_rounds(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path, *,
-                  rounds: int, progress: Callable | None) -> tuple[dict[str, list[dict]], dict[str, float]]:
-    """Every timing of every architecture (appended to `record` with role 'verify'), and
-    the record's own baseline."""
-    timings: dict[str, list[dict]] = {a.id: [] for a in archs}
-    with ProfileWriter(record) as writer:
-        profiler = Profiler(config, device, workload, writer, discard_graphs=False)  # graphs reused across rounds
+class DeviceSession:
+    """Paired timings of architectures of one parent on one device, each appended to
+    `record` (a profile file, locked while the session is open). `scale`: the parent's
+    latency per step on the predictor's scale (`baseline`), by default the record's own."""
+
+    def __init__(self, config, device: Device, workload: Workload, record: str | Path, *,
+                 baseline: dict[str, float] | None = None):
+        self.workload = workload
+        self.writer = ProfileWriter(record)
         try:
-            for _ in range(rounds):
-                for arch in archs:
-                    row = profiler.measure(arch, "verify")
-                    if row["status"] != "ok":
-                        raise LatpruneError(f"verification of {arch.describe()} failed: {row['error']}")
-                    writer.append(row)
-                    timings[arch.id].append(row)
-                    progress and progress(row)
+            self.profiler = Profiler(config, device, workload, self.writer, discard_graphs=False)
+        except BaseException:
+            self.writer.close()
+            raise
+        self._baseline = baseline
+        self.timings = 0
+
+    @property
+    def scale(self) -> dict[str, float]:
+        if self._baseline is None and self.profiler.baseline is None:
+            self.profiler.reference()
+        return dict(self._baseline or self.profiler.baseline)
+
+    def time(self, arch: Architecture, role: str) -> dict[str, Any]:
+        """One paired timing of `arch`, recorded with `role`; raises when it fails."""
+        row = self.profiler.measure(arch, role)
+        if row["status"] != "ok":
+            raise LatpruneError(f"timing {arch.describe()} on {self.profiler.device.name} failed: {row['error']}")
+        self.writer.append(row)
+        self.timings += 1
+        return row
+
+    def on_scale(self, row: dict[str, Any], metric: str) -> float:
+        """`metric` of a timed row on the predictor's scale (ratio to the parent x scale)."""
+        if metric == "e2e_ms":
+            return self.workload.e2e_ms(self.on_scale(row, "prefill_ms"), self.on_scale(row, "decode_ms"))
+        return row[stat_column(metric, "ratio")] * self.scale[metric]
+
+    def close(self) -> None:
+        try:
+            self.profiler.close()
         finally:
-            profiler.close()
-    return timings, profiler.baseline
+            self.writer.close()
+
+    def __enter__(self) -> DeviceSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def measure_finalists(config, device: Device, workload: Workload, archs: list[Architecture], record: str | Path, *,
-                      progress: Callable | None = None, rounds: int = ROUNDS,
-                      baseline: dict[str, float] | None = None) -> Verification:
-    """Time `archs` paired with the parent over `rounds`, on the scale of `baseline` (the
-    parent's latency in the predictor's profile; by default the record's own)."""
-    timings, own = _timed_rounds(config, device, workload, archs, record, rounds=rounds, progress=progress)
+def measure_finalists(session: DeviceSession, archs: list[Architecture], *, progress: Callable | None = None,
+                      rounds: int = ROUNDS) -> Verification:
+    """Time `archs` paired with the parent over `rounds` (role 'verify'); medians on the
+    session's scale."""
+    timings: dict[str, list[dict]] = {a.id: [] for a in archs}
+    for _ in range(rounds):
+        for arch in archs:
+            timings[arch.id].append(session.time(arch, "verify"))
+            progress and progress(timings[arch.id][-1])
 
     def median(rows: list[dict], column: str) -> float:
         return statistics.median(r[column] for r in rows)
 
-    scale = dict(baseline or own)
+    scale, workload = session.scale, session.workload
     measured = {}
     for arch in archs:
         rows = timings[arch.id]

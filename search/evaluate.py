@@ -19,6 +19,8 @@ from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
 from latprune.workload import Workload
 
+SEARCH_WINDOWS = 8  # calibration windows the search (and the recovery-aware choice) scores on
+
 
 @dataclass
 class Evaluator:

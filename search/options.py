@@ -12,7 +12,8 @@ from latprune.workload import METRICS
 DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
 STRATEGIES = ("nas", "random", "uniform", "layers")
 DTYPES = ("bf16", "fp32")  # of the saved checkpoint
-DEFAULT_RECOVER_MINUTES = 8.0  # distillation of the winner; keeps `latprune run` within ~25 minutes here
+DEFAULT_RECOVER_MINUTES = 7.0  # distillation (finalists' + winner's); keeps `latprune run` within ~25 minutes here
+RUN_SAMPLES = 24  # `latprune run`'s profile: half space-filling, half aimed at the budget
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class SearchOptions:
     strategy: str = "nas"
     optimizer: str = DEFAULT_OPTIMIZER
     seed: int = 0
-    finalists: int = 3
-    refine: int = 2  # near-budget candidates (predicted median meets it) also verified on the device
+    finalists: int = 2  # near-budget candidates verified on the device (+ the best safe one as a fallback)
+    device_measurements: int = 6  # refinement: candidates timed near the budget, the predictor refitted each time
+    finalist_steps: int = 6  # distillation steps each passing finalist gets before the winner is chosen (0: none)
     pareto: int = 0
     distill_steps: int = 0  # > 0: recover the winner for exactly this many steps instead of recover_minutes
     recover_minutes: float = DEFAULT_RECOVER_MINUTES
@@ -44,7 +46,8 @@ class SearchOptions:
             raise LatpruneError(f"--latency-ms must be a positive number; got {self.latency_ms}")
         if not 0 <= self.safety_margin < 1:
             raise LatpruneError(f"--margin must be in [0, 1); got {self.safety_margin}")
-        for name, lowest in (("evaluations", 1), ("finalists", 1), ("refine", 0), ("seed", 0), ("pareto", 0),
+        for name, lowest in (("evaluations", 1), ("finalists", 1), ("device_measurements", 0),
+                             ("finalist_steps", 0), ("seed", 0), ("pareto", 0),
                              ("distill_steps", 0)):
             value = getattr(self, name)
             if not is_int(value) or value < lowest:

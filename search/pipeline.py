@@ -18,7 +18,7 @@ from latprune.profiling.devices import check_available, get_device
 from latprune.profiling.run import profile
 from latprune.profiling.sampling import check_samples
 
-from .options import SearchOptions
+from .options import RUN_SAMPLES, SearchOptions
 from .report import build_report
 from .workflow import search
 
@@ -51,7 +51,7 @@ def _predictor_is_current(folder: Path, profile_path: Path, model_hash: str, dev
 
 
 def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOptions | None = None, *,
-                 samples: int = 40, supernet_steps: int = 0, out: str | Path = "out/run", log=print,
+                 samples: int = RUN_SAMPLES, supernet_steps: int = 0, out: str | Path = "out/run", log=print,
                  ) -> dict[str, Any]:
     """The whole pipeline; returns the search summary plus stage timings. `opts.latency_ms`
     None means DEFAULT_FRACTION of the parent's measured latency; `supernet_steps` > 0
@@ -66,8 +66,10 @@ def run_pipeline(model: str = "default", device: str = "cpu", opts: SearchOption
     check_available(get_device(device))
     clock = _Stages()
     model_hash = model_identity(load_config(model))["config_hash"]
-    log(f"[1/4] profile: {samples} sampled architectures on '{device}' (resumes {profile_path})")
-    profile(model, device, samples, out=profile_path, seed=opts.seed)
+    aim = {"aim": DEFAULT_FRACTION} if opts.latency_ms is None else {"aim_ms": opts.latency_ms}
+    log(f"[1/4] profile: {samples} sampled architectures on '{device}', half of them aimed at the budget "
+        f"(resumes {profile_path})")
+    profile(model, device, samples, out=profile_path, seed=opts.seed, aim_metric=opts.metric, **aim)
     clock.lap("profile_s")
     _fit_unless_current(predictor_dir, profile_path, model_hash, device, log)
     clock.lap("fit_s")

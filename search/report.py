@@ -100,10 +100,11 @@ def quality_table(summary: dict) -> str:
     w, p = summary["winner"], summary["parent"]
     rows = [("parent", p.get("quality"))]
     if "quality_before_recovery" in w:
-        recovered = summary.get("recovery")
         rows.append(("winner, pruned (zero-shot)", w["quality_before_recovery"]))
-        if recovered:
-            rows.append((f"winner, recovered ({recovered['steps']} distillation steps)", w["quality"]))
+        steps = [f"{summary['selection']['steps_each']} as a finalist"] if summary.get("selection") else []
+        steps += [f"{summary['recovery']['steps']} as the winner"] if summary.get("recovery") else []
+        if steps:
+            rows.append((f"winner, recovered (distillation steps: {' + '.join(steps)})", w["quality"]))
     lines = ["| model | held-out ppl | second-text ppl | KL to parent (nats/token) | top-1 agreement |",
              "|---|---|---|---|---|"]
     for name, q in rows:
@@ -113,6 +114,21 @@ def quality_table(summary: dict) -> str:
     if "saved" in w:
         lines.append(f"| winner as saved ({w['saved']['dtype']}) | {w['saved']['heldout_perplexity']:.2f} | | | |")
     return "\n".join(lines)
+
+
+def _budget_use(summary: dict) -> list[str]:
+    """How much of the budget the winner spends, and the device timings that decided it."""
+    use = summary.get("budget_use")
+    if not use:
+        return [f"{summary['device_measurements']} on-device timings."]
+    low, high = use["predicted_interval_ms"]
+    refined = summary.get("refinement", {})
+    return ["", f"Budget use: measured **{use['measured_over_budget']:.1%}** of the budget (predicted median "
+                f"{low:.2f} ms, upper bound {high:.2f} ms; chosen from the `{use['chosen_from']}` round). Device "
+                f"timings: **{use['device_measurements']}**, {use.get('in_refinement', 0)} in refinement (candidates "
+                f"near the budget, the predictor refitted {refined.get('refits', 0)} times) and "
+                f"{use.get('in_verification', use['device_measurements'])} in verification (3 paired rounds per "
+                "finalist)."]
 
 
 def _measurement_note(summary: dict) -> list[str]:
@@ -162,8 +178,8 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         "",
         f"Search: strategy `{summary['strategy']}`"
         + (f" ({summary['optimizer']})" if summary.get("optimizer") else "")
-        + f", {summary['evaluations']} perplexity evaluations, {summary['device_measurements']} on-device "
-        f"timings, workload {summary['workload']}.",
+        + f", {summary['evaluations']} perplexity evaluations, workload {summary['workload']}.",
+        *_budget_use(summary),
         "",
         *(["## Quality", "", "Held-out: every 5th paragraph of the text, never trained on; second text: standard-"
             "library docstrings, never trained or calibrated on.", "", quality_table(summary), ""]

@@ -13,7 +13,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,17 @@ from latprune.predictors.predictor import Predictor, load_for
 from latprune.profiling.dataset import STEPS, default_profile, stat_column
 from latprune.profiling.devices import Device, check_available, get_device
 from latprune.profiling.export import export_onnx
-from latprune.profiling.verify import ROUNDS, Verification, measure_finalists
+from latprune.profiling.verify import ROUNDS, DeviceSession, Verification, measure_finalists
 from latprune.text import calibration_windows, heldout_windows, second_windows
 from latprune.workload import METRICS, Workload
 
-from .evaluate import Evaluator
+from .evaluate import SEARCH_WINDOWS, Evaluator
 from .options import SearchOptions
 from .pareto import pareto_front, spread
+from .recovery import recover, select_by_recovery
+from .refine import Refinement, refine
 from .strategies import run_strategy
 
-SEARCH_WINDOWS = 8
 HELDOUT_WINDOWS = 40
 SUMMARY_VERSION = 2
 
@@ -126,8 +127,9 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
 
 def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
     """Every evaluated architecture, best calibration perplexity first: a safe round (the
-    predicted upper bound meets the budget) and, with `opts.refine`, a round near the budget
-    (the predicted median meets it; the device decides). Column `bound` tells which."""
+    predicted upper bound meets the budget) and, when refinement may measure candidates on
+    the device, a round near the budget (the predicted median meets it; the device decides).
+    Column `bound` tells which."""
     ranked, opts = prep.ranked, prep.opts
     calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
     safe = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress)
@@ -136,7 +138,7 @@ def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
                             f"{opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full depth's "
                             "latency); raise the budget or try another --strategy")
     frames = [safe.frame()]
-    if opts.refine:
+    if opts.device_measurements:
         near = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress, bound="median",
                                perplexities=safe.perplexities)
         frames.append(near.frame())
@@ -144,74 +146,105 @@ def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
     return cands.sort_values("perplexity", kind="stable")
 
 
-def pick_finalists(prep: Prepared, cands: pd.DataFrame) -> list[Architecture]:
-    """The `opts.finalists` best safe candidates, and the `opts.refine` best near-budget ones
-    that beat them all; best calibration perplexity first."""
-    opts = prep.opts
-    safe = cands[cands.bound == "upper"].head(opts.finalists)
-    near = cands[(cands.bound == "median") & (cands.perplexity < safe.perplexity.min())].head(opts.refine)
-    chosen = pd.concat([near, safe]).sort_values("perplexity", kind="stable")
-    return [prep.ranked.space.validate(Architecture.from_json(r)) for r in chosen.arch_json]
-
-
-def verify_finalists(prep: Prepared, cands: pd.DataFrame, record: str | Path | None = None,
-                     progress: bool = True) -> Verification:
-    """Time the finalists (`pick_finalists`) on the device, paired with the parent; marks
-    them and their measured latencies in `cands`."""
-    finalists = pick_finalists(prep, cands)
-    vbar = tqdm(total=len(finalists) * ROUNDS, desc=f"verify on {prep.device.name}", unit="timing",
-                disable=not progress)
+def _refit(prep: Prepared, session: DeviceSession) -> Predictor | None:
+    """The predictor refitted on the session's record (this parent and device), or None
+    when that record cannot train one on the predictor's own scale."""
+    frame, model_hash = session.writer.frame, prep.predictor.meta["model"]["config_hash"]
+    frame = frame[(frame.device == prep.device.name) & (frame.model_hash == model_hash)]
     try:
-        verified = measure_finalists(prep.ranked.model.config, prep.device, prep.workload, finalists,
-                                     record or default_profile(prep.device.name), progress=lambda _r: vbar.update(1),
-                                     baseline=prep.predictor.baseline(prep.workload))
+        refitted = Predictor.fit(frame, prep.predictor.kind, seed=prep.opts.seed)
+    except LatpruneError:
+        return None
+    return refitted if refitted.baseline(prep.workload) == prep.predictor.baseline(prep.workload) else None
+
+
+def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession,
+                     progress: bool = True) -> Refinement:
+    """Budget-directed refinement (`refine`) with this device session; marks each measured
+    candidate's latency in `cands` (column `refine_<metric>`)."""
+    opts, m = prep.opts, prep.opts.metric
+    if not opts.device_measurements:
+        return Refinement(predictor=prep.predictor)
+    bar = tqdm(total=opts.device_measurements, desc=f"refine on {prep.device.name}", unit="timing",
+               disable=not progress)
+
+    def measured(arch: Architecture, ms: float) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{arch.describe()}: {ms:.2f} ms = {ms / opts.latency_ms:.0%} of the budget")
+
+    try:
+        result = refine(cands, prep.predictor, prep.workload, opts, on_measured=measured,
+                        measure=lambda a: session.on_scale(session.time(a, "refine"), m),
+                        refit=lambda: _refit(prep, session))
     finally:
-        vbar.close()
+        bar.close()
+    cands[f"refine_{m}"] = cands.arch_id.map(result.measured)
+    return result
+
+
+def pick_finalists(prep: Prepared, cands: pd.DataFrame, refinement: Refinement) -> tuple[list[Architecture], int]:
+    """Up to `opts.finalists` refined candidates measured under the budget (landed ones
+    first, then by calibration perplexity), then the best safe candidates as a fallback (one
+    when refined ones exist, else `opts.finalists`). Returns the finalists and how many of
+    them come first (the preferred ones)."""
+    opts, limit = prep.opts, prep.opts.limit_ms
+    landed = set(refinement.landed(limit))
+    near = cands[cands.arch_id.isin(refinement.under(limit))]
+    near = near.assign(_later=~near.arch_id.isin(landed)).sort_values(["_later", "perplexity"], kind="stable")
+    near = near.head(opts.finalists)
+    safe = cands[(cands.bound == "upper") & ~cands.arch_id.isin(near.arch_id)].head(1 if len(near) else opts.finalists)
+    validate = prep.ranked.space.validate
+    chosen = [validate(Architecture.from_json(j)) for j in pd.concat([near, safe]).arch_json]
+    return chosen, len(near) or len(chosen)
+
+
+def verify_finalists(prep: Prepared, cands: pd.DataFrame, session: DeviceSession, refinement: Refinement,
+                     progress: bool = True) -> tuple[Verification, int]:
+    """Time the preferred finalists (`pick_finalists`) on the device, paired with the parent,
+    and the fallback ones only when no preferred one meets the budget; marks the timed ones
+    and their measured latencies in `cands`. Returns the verification and the number of
+    preferred finalists."""
+    finalists, preferred = pick_finalists(prep, cands, refinement)
+    verified = _verify(prep, session, finalists[:preferred], progress)
+    m = prep.opts.metric
+    if finalists[preferred:] and all(v[m] > prep.opts.latency_ms for v in verified.measured.values()):
+        fallback = _verify(prep, session, finalists[preferred:], progress)
+        verified = Verification(verified.finalists + fallback.finalists, {**verified.measured, **fallback.measured},
+                                verified.parent)
     for col in METRICS:
         cands[f"measured_{col}"] = cands.arch_id.map(lambda i, c=col: verified.measured.get(i, {}).get(c))
-    cands["finalist"] = cands.arch_id.isin([a.id for a in finalists])
-    return verified
+    cands["finalist"] = cands.arch_id.isin([a.id for a in verified.finalists])
+    return verified, preferred
 
 
-def choose_winner(prep: Prepared, verified: Verification) -> Architecture:
-    """The first finalist (best calibration perplexity) whose measured latency meets the
-    budget, near-budget ones included: nothing over the budget on the device ever wins.
-    Raises naming every finalist's figure when none does."""
+def _verify(prep: Prepared, session: DeviceSession, archs: list[Architecture], progress: bool) -> Verification:
+    bar = tqdm(total=len(archs) * ROUNDS, desc=f"verify on {prep.device.name}", unit="timing", disable=not progress)
+    try:
+        return measure_finalists(session, archs, progress=lambda _r: bar.update(1))
+    finally:
+        bar.close()
+
+
+def passing_finalists(prep: Prepared, verified: Verification, preferred: int) -> list[Architecture]:
+    """The preferred finalists whose measured latency meets the budget (or, when none does,
+    the fallback ones that do), best first: nothing over the budget on the device ever
+    wins. Raises naming every finalist's figure when none does."""
     m, budget = prep.opts.metric, prep.opts.latency_ms
-    passing = [a for a in verified.finalists if verified.measured[a.id][m] <= budget]
-    if not passing:
+    meets = [a for a in verified.finalists if verified.measured[a.id][m] <= budget]
+    first = [a for a in meets if a in verified.finalists[:preferred]]
+    if not meets:
         figures = ", ".join(f"{a.describe()}: measured {verified.measured[a.id][m]:.2f} ms"
                             for a in verified.finalists)
         raise LatpruneError(f"no finalist meets {m} <= {budget:g} ms on {prep.device.name} ({figures}); "
                             "rerun with a safety margin (e.g. --margin 0.05) or profile more samples and refit")
-    winner = passing[0]
-    raw = verified.measured[winner.id].get(stat_column(m, "raw_ms"))
+    passing = first or meets
+    raw = verified.measured[passing[0].id].get(stat_column(m, "raw_ms"))
     if raw is not None and raw > budget:
-        print(f"latprune: warning: the winner's raw {m} now is {raw:.2f} ms, over the {budget:g} ms budget: the "
-              f"machine runs {verified.parent['drift'][m] - 1:+.0%} off its speed when profiled; the budget is "
-              "checked on the drift-corrected figure (ratio to the parent x the parent's profiled latency)",
+        print(f"latprune: warning: the first finalist's raw {m} now is {raw:.2f} ms, over the {budget:g} ms "
+              f"budget: the machine runs {verified.parent['drift'][m] - 1:+.0%} off its speed when profiled; the "
+              "budget is checked on the drift-corrected figure (ratio to the parent x the parent's profiled latency)",
               file=sys.stderr)
-    return winner
-
-
-def recover(prep: Prepared, child: nn.Module, checkpoint: Path, progress: bool = True) -> dict[str, Any] | None:
-    """Distil `child` from the parent, for `opts.distill_steps` steps or as many as fit in
-    `opts.recover_minutes` (resumable from `checkpoint`); None when asked for neither."""
-    opts = prep.opts
-    if not opts.distill_steps and not opts.recover_minutes:
-        return None
-    from latprune.compress.distill import DistillConfig, distill, steps_within
-
-    train = calibration_windows(prep.ranked.tokenizer, prep.ranked.text, WINDOW, max_windows=None)
-    steps = opts.distill_steps or steps_within(opts.recover_minutes, child, prep.ranked.model, train, checkpoint,
-                                               seed=opts.seed)
-    cfg = DistillConfig(steps=steps, seed=opts.seed)
-    t0 = time.perf_counter()
-    distill(child, prep.ranked.model, train, cfg, checkpoint, progress=progress)
-    return {"steps": steps, "tokens": cfg.tokens(WINDOW), "minutes_budget": None if opts.distill_steps else
-            opts.recover_minutes, "seconds_this_run": round(time.perf_counter() - t0, 1),
-            "text": "calibration part of the text (held-out and second texts never trained on)",
-            "config": asdict(cfg)}
+    return passing
 
 
 def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path, *,
@@ -231,13 +264,21 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         return answer
     cands = candidates(prep, progress)
     search_s = time.perf_counter() - prep.started
-    verified = verify_finalists(prep, cands, profile_record, progress)
-    winner = choose_winner(prep, verified)
-    result = SearchResult(prep, cands, verified, winner, prep.ranked.extract(winner), search_s)
+    with DeviceSession(prep.ranked.model.config, prep.device, prep.workload,
+                       profile_record or default_profile(prep.device.name),
+                       baseline=prep.predictor.baseline(prep.workload)) as session:
+        refinement = refine_on_device(prep, cands, session, progress)
+        verified, preferred = verify_finalists(prep, cands, session, refinement, progress)
+    passing = passing_finalists(prep, verified, preferred)
+    winner, selected, selection = select_by_recovery(prep, passing, progress)
+    result = SearchResult(prep, cands, verified, winner, prep.ranked.extract(winner), search_s, refinement)
     result.measure_quality("before_recovery")
+    if selected is not None:
+        result.child, result.quality["selection"] = selected, selection
     checkpoint = Path(str(out) + ".distill-checkpoint")
-    if (info := recover(prep, result.child, checkpoint, progress)) is not None:
+    if (info := recover(prep, result.child, checkpoint, progress, spent_s=selection.get("seconds", 0.0))) is not None:
         result.quality["recovery"] = info
+    if selected is not None or info is not None:
         result.measure_quality("after_recovery")
     result.write(out, inputs)
     remove_output(checkpoint, CHECKPOINT_MARKER)
@@ -254,6 +295,7 @@ class SearchResult:
     winner: Architecture
     child: nn.Module
     search_s: float
+    refinement: Refinement
     quality: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
@@ -299,8 +341,9 @@ class SearchResult:
             "device": self.prep.device.name, "metric": m, "budget_ms": opts.latency_ms,
             "margin": opts.safety_margin, "workload": self.prep.workload.to_dict(), "strategy": opts.strategy,
             "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
-            "refine": opts.refine,
-            "evaluations": len(self.cands), "device_measurements": len(self.verified.finalists) * ROUNDS,
+            "evaluations": len(self.cands),
+            "device_measurements": len(self.refinement.measured) + len(self.verified.finalists) * ROUNDS,
+            "refinement": self._refinement(),
             "verification_rounds": ROUNDS, "search_seconds": round(self.search_s, 1),
             "supernet": self.prep.ranked.weights is not None,
             "eval": {"heldout_windows": self.quality["windows"], "window": WINDOW, "search_windows": SEARCH_WINDOWS},
@@ -311,15 +354,23 @@ class SearchResult:
         summary["budget_use"] = {"measured_over_budget": pm["measured"][m] / opts.latency_ms,
                                  "predicted_interval_ms": [pm["predicted"][m], pm["predicted_upper"].get(m)],
                                  "chosen_from": str(self.cands.set_index("arch_id").loc[self.winner.id, "bound"]),
-                                 "device_measurements": summary["device_measurements"]}
+                                 "device_measurements": summary["device_measurements"],
+                                 "in_refinement": len(self.refinement.measured),
+                                 "in_verification": len(self.verified.finalists) * ROUNDS}
         summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
                                   "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
-        if "recovery" in self.quality:
-            summary["recovery"] = self.quality["recovery"]
+        for key in ("selection", "recovery"):
+            if key in self.quality:
+                summary[key] = self.quality[key]
         if opts.pareto:
             summary["pareto"] = spread(pareto_front(self.cands, f"pred_{m}"), f"pred_{m}", opts.pareto)[
                 ["arch_id", "describe", "perplexity", f"pred_{m}"]].to_dict("records")
         return summary
+
+    def _refinement(self) -> dict[str, Any]:
+        return {"measured_ms": self.refinement.measured, "refits": self.refinement.refits,
+                "landed": self.refinement.landed(self.prep.opts.limit_ms),
+                "allowance": self.prep.opts.device_measurements}
 
     def _parent(self) -> dict[str, Any]:
         space, parent = self.prep.ranked.space, self.verified.parent

@@ -94,3 +94,14 @@ def test_parent_reference_timings_anchor_the_largest_architecture():
     assert sum(b["n"] for b in bands.values()) == with_refs.meta["accuracy"]["decode_ms"]["5-fold CV"]["n"]
     assert set(bands) <= {"0%-10%", "10%-30%", "30%-60%", "60%-100%"} and "| decode_ms | 60%-100% |" in \
         with_refs.accuracy_table()
+
+
+def test_refinement_rows_train_the_predictor_and_verification_rows_do_not():
+    from latprune.profiling.dataset import usable_rows
+
+    frame = synthetic_profile(20)
+    frame.loc[15:17, "role"] = "refine"
+    frame.loc[18:, "role"] = "verify"
+    rows, counts = usable_rows(frame)
+    assert counts == {"sample_rows": 15, "refine_rows": 3, "failed": 0, "drift_flagged": 0, "used": 18}
+    assert set(rows.role) == {"sample", "refine"}

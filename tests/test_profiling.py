@@ -76,6 +76,38 @@ def test_plan_is_seeded_distinct_and_spans_sizes():
     assert [space.num_params(a) for a in plan] != sorted(space.num_params(a) for a in plan)  # shuffled
 
 
+def test_aimed_plan_lands_in_the_band_the_measured_law_says():
+    from latprune.profiling.sampling import AIM_WIDTH, aimed_plan
+
+    space = smol_like_space()
+    spread = profile_plan(space, 12, seed=0)
+    parent = space.num_params(space.largest())
+
+    def law(a):  # a fixed cost plus one per parameter and one per layer, as decode latency is
+        return 0.1 + 0.7 * space.num_params(a) / parent + 0.2 * a.num_layers / 30
+
+    measured = {a: law(a) for a in spread}
+    plan = aimed_plan(space, 10, measured, 0.6, seed=0, exclude={a.id for a in spread})
+    assert plan == aimed_plan(space, 10, measured, 0.6, seed=0, exclude={a.id for a in spread})
+    assert len({a.id for a in plan}) == 10 and not {a.id for a in plan} & {a.id for a in spread}
+    lat = np.array([law(a) for a in plan])
+    assert (np.abs(lat / 0.6 - 1) <= AIM_WIDTH + 0.02).all() and lat.max() - lat.min() > AIM_WIDTH * 0.6
+    with pytest.raises(LatpruneError, match="at least 3 measured"):
+        aimed_plan(space, 4, dict(list(measured.items())[:2]), 0.6)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"aim": 1.5}, "--aim must be a fraction"),
+                                             ({"aim": 0.5, "aim_ms": 3.0}, "not both"),
+                                             ({"aim_ms": -1.0}, "positive number of ms"),
+                                             ({"aim": 0.5, "aim_metric": "tokens"}, "--metric must be one of")])
+def test_bad_aim_is_one_line_before_any_work(tmp_path, kwargs, message):
+    from latprune.profiling.run import profile
+
+    with pytest.raises(LatpruneError, match=message):
+        profile("/nonexistent/model", "cpu", 4, out=tmp_path / "p.parquet", **kwargs)
+    assert not (tmp_path / "p.parquet").exists()
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_exported_onnx_gives_the_torch_logits(tmp_path, family):
     config = tiny_configs()[family]
@@ -155,15 +187,16 @@ def test_kill_and_rerun_ends_with_exactly_the_requested_samples(tiny_dir, tmp_pa
 
 def test_verification_reports_on_the_predictors_scale_whatever_the_record(tiny_dir, tmp_path):
     from latprune.models import load_config
-    from latprune.profiling.verify import measure_finalists
+    from latprune.profiling.verify import DeviceSession, measure_finalists
 
     device = dataclasses.replace(get_device("cpu"), warmup=0, min_repeats=2, min_time_s=0.0, bursts=3, max_bursts=3)
     config = load_config(str(tiny_dir))
     arch = SearchSpace.from_config(config).smallest()
     record = tmp_path / "verify.parquet"  # a fresh file: its own first reference row, its own baseline
     predictor_scale = {"prefill_ms": 100.0, "decode_ms": 10.0}
-    verified = measure_finalists(config, device, Workload(prompt=16, generate=4), [arch], record, rounds=1,
-                                 baseline=predictor_scale)
+    with DeviceSession(config, device, Workload(prompt=16, generate=4), record, baseline=predictor_scale) as session:
+        verified = measure_finalists(session, [arch], rounds=1)
+        assert session.on_scale(verified.measured[arch.id], "decode_ms") == verified.measured[arch.id]["decode_ms"]
     measured, parent = verified.measured, verified.parent
     row = measured[arch.id]
     assert parent["measured"]["decode_ms"] == 10.0 and row["decode_ms"] == row["decode_ratio"] * 10.0

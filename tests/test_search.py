@@ -14,7 +14,7 @@ from latprune.search.strategies import layer_family
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
-from conftest import VOCAB, make_tiny, synthetic_profile
+from conftest import VOCAB, make_tiny, smol_like_space, synthetic_profile
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +82,157 @@ def test_the_near_budget_round_reaches_past_the_upper_bound_and_shares_perplexit
     assert set(near.perplexities) >= set(safe.records)  # one perplexity per architecture, whichever round
 
 
-def test_near_budget_finalists_are_verified_but_nothing_over_budget_wins(setup):
+class ScaledLaw:
+    """A scripted predictor (and device): decode_ms = scale x parameters / 1e4."""
+
+    def __init__(self, space, scale: float = 1.0):
+        self.space, self.scale = space, scale
+
+    def ms(self, arch) -> float:
+        return self.scale * self.space.num_params(arch) / 1e4
+
+    def predict(self, archs, workload=None):
+        import pandas as pd
+
+        ms = [self.ms(a) for a in archs]
+        return pd.DataFrame({"decode_ms": ms, "decode_ms_upper": [1.2 * m for m in ms]})
+
+
+def _pool(space, n: int = 3000):
+    """Sampled candidates; bigger ones have better perplexity (as after recovery)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    archs = list({a.id: a for a in (space.sample(rng) for _ in range(n))}.values())
+    return pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
+                         "perplexity": [1e6 / space.num_params(a) for a in archs],
+                         "bound": ["median"] * len(archs)}).sort_values("perplexity")
+
+
+def _refine_against(space, true_scale: float, refit_to: float | None, **options):
+    from latprune.search.refine import refine
+
+    law, device = ScaledLaw(space), ScaledLaw(space, true_scale)
+    opts = SearchOptions(0.6 * law.ms(space.largest()), **options)
+    timed = []
+
+    def measure(arch):
+        timed.append(arch)
+        return device.ms(arch)
+
+    result = refine(_pool(space), law, Workload(), opts, measure=measure,
+                    refit=lambda: None if refit_to is None else ScaledLaw(space, refit_to))
+    return result, opts, timed
+
+
+def test_refinement_refits_and_lands_inside_the_budget():
+    space = smol_like_space()
+    result, opts, timed = _refine_against(space, 1.08, 1.08, device_measurements=6, finalists=2)
+    assert len(timed) <= 6 and len(result.measured) == len(timed) == len({a.id for a in timed})
+    landed = result.landed(opts.limit_ms)
+    assert len(landed) == 2 and len(timed) == 3  # the first pick ran over; after the refit both landed
+    assert all(0.95 * opts.limit_ms <= result.measured[i] <= 0.99 * opts.limit_ms for i in landed)
+    assert result.refits == 3
+
+
+def test_refinement_without_refit_spends_its_allowance_on_misses():
+    space = smol_like_space()
+    result, opts, timed = _refine_against(space, 1.08, None, device_measurements=4, finalists=2)
+    assert len(timed) == 4 and result.landed(opts.limit_ms) == [] and result.refits == 0
+
+
+def test_no_device_measurements_means_no_refinement():
+    space = smol_like_space()
+    result, _, timed = _refine_against(space, 1.0, 1.0, device_measurements=0)
+    assert timed == [] and result.measured == {}
+
+
+def test_refined_finalists_come_first_and_nothing_over_budget_wins(setup):
     import pandas as pd
 
     from latprune.profiling.verify import Verification
-    from latprune.search.workflow import Prepared, choose_winner, pick_finalists
+    from latprune.search.refine import Refinement
+    from latprune.search.workflow import Prepared, passing_finalists, pick_finalists
 
     ranked, _, _ = setup
     space = ranked.space
     archs = [Architecture.uniform(n, 4, 2, 64, 64) for n in (3, 2, 1)] + [space.smallest()]
     cands = pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
                           "perplexity": [5.0, 6.0, 9.0, 20.0], "bound": ["median", "median", "upper", "upper"]})
-    prep = Prepared(None, None, Workload(), ranked, SearchOptions(10.0, finalists=2, refine=1))
-    finalists = pick_finalists(prep, cands)
-    assert [a.id for a in finalists] == [archs[0].id, archs[2].id, archs[3].id]  # best near one, then the safe ones
-    measured = {archs[0].id: {"decode_ms": 10.5}, archs[2].id: {"decode_ms": 9.0}, archs[3].id: {"decode_ms": 2.0}}
-    winner = choose_winner(prep, Verification(finalists, measured, {"drift": {"decode_ms": 1.0}}))
-    assert winner == archs[2]  # the near-budget one measured over 10 ms
+    from latprune.profiling.devices import get_device
+
+    prep = Prepared(get_device("cpu"), None, Workload(), ranked, SearchOptions(10.0, finalists=2))
+    refinement = Refinement({archs[0].id: 10.2, archs[1].id: 9.7})  # the first ran over in refinement
+    finalists, preferred = pick_finalists(prep, cands, refinement)
+    assert [a.id for a in finalists] == [archs[1].id, archs[2].id] and preferred == 1  # landed one + safe fallback
+    measured = {archs[1].id: {"decode_ms": 10.1}, archs[2].id: {"decode_ms": 9.0}}
+    verified = Verification(finalists, measured, {"drift": {"decode_ms": 1.0}})
+    assert passing_finalists(prep, verified, preferred) == [archs[2]]  # over budget on verification: fallback
+    measured[archs[1].id]["decode_ms"] = 9.9
+    assert passing_finalists(prep, verified, preferred) == [archs[1]]
+    no_refinement, preferred = pick_finalists(prep, cands, Refinement())
+    assert [a.id for a in no_refinement] == [archs[2].id, archs[3].id] and preferred == 2
+    for a in measured.values():
+        a["decode_ms"] = 11.0
+    with pytest.raises(LatpruneError, match="no finalist meets decode_ms <= 10 ms"):
+        passing_finalists(prep, verified, 1)
+
+
+def test_recovery_aware_choice_takes_the_best_after_equal_short_distillation(setup, monkeypatch):
+    import latprune.compress.distill as distill_module
+    import latprune.search.recovery as recovery
+    from latprune.search.workflow import Prepared
+
+    ranked, _, windows = setup
+    archs = [Architecture.uniform(n, 4, 2, 64, 64) for n in (3, 2)]
+    steps_given = []
+
+    def fake_distill(child, teacher, train, cfg, checkpoint=None, progress=True):
+        steps_given.append(cfg.steps)
+        child.distilled = True
+        return child
+
+    monkeypatch.setattr(distill_module, "distill", fake_distill)
+    monkeypatch.setattr(recovery, "calibration_windows", lambda *a, **k: windows)
+    monkeypatch.setattr(recovery, "perplexity", lambda child, w: {3: 9.0, 2: 7.0}[child.config.num_hidden_layers])
+    prep = Prepared(None, None, Workload(), ranked, SearchOptions(10.0, finalist_steps=4))
+    winner, child, info = recovery.select_by_recovery(prep, archs, progress=False)
+    assert winner == archs[1] and child.distilled and steps_given == [4, 4]  # the same steps each, the best wins
+    assert info["calibration_perplexity_after"] == {archs[0].id: 9.0, archs[1].id: 7.0}
+    prep = Prepared(None, None, Workload(), ranked, SearchOptions(10.0, finalist_steps=0))
+    assert recovery.select_by_recovery(prep, archs, progress=False) == (archs[0], None, {})
+
+
+class ScriptedSession:
+    """A device session whose paired ratios are scripted per architecture id."""
+
+    def __init__(self, ratios: dict[str, float]):
+        self.ratios, self.timed, self.workload = ratios, [], Workload()
+        self.scale = {"prefill_ms": 100.0, "decode_ms": 10.0}
+
+    def time(self, arch, role):
+        self.timed.append((arch.id, role))
+        r = self.ratios[arch.id]
+        figures = lambda ms: (("ratio", r), ("raw_ms", r * ms), ("reference_ms", ms))  # noqa: E731
+        return {f"{m}_{k}": v for m in ("prefill", "decode") for k, v in figures(self.scale[f"{m}_ms"])}
+
+
+@pytest.mark.parametrize("preferred_ratio, fallback_timed", [(0.95, False), (1.05, True)])
+def test_the_fallback_is_timed_only_when_no_refined_finalist_meets_the_budget(setup, preferred_ratio, fallback_timed):
+    import pandas as pd
+
+    from latprune.profiling.devices import get_device
+    from latprune.search.refine import Refinement
+    from latprune.search.workflow import Prepared, verify_finalists
+
+    ranked, _, _ = setup
+    near, safe = Architecture.uniform(3, 4, 2, 64, 64), Architecture.uniform(2, 4, 2, 64, 64)
+    cands = pd.DataFrame({"arch_id": [near.id, safe.id], "arch_json": [near.to_json(), safe.to_json()],
+                          "perplexity": [5.0, 9.0], "bound": ["median", "upper"]})
+    prep = Prepared(get_device("cpu"), None, Workload(), ranked, SearchOptions(10.0, finalists=2))
+    session = ScriptedSession({near.id: preferred_ratio, safe.id: 0.5})
+    verified, preferred = verify_finalists(prep, cands, session, Refinement({near.id: 9.6}), progress=False)
+    assert preferred == 1 and verified.measured[near.id]["decode_ms"] == pytest.approx(10 * preferred_ratio)
+    assert len(session.timed) == (6 if fallback_timed else 3) and {r for _, r in session.timed} == {"verify"}
+    assert list(cands.finalist) == [True, fallback_timed]
