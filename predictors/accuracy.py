@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 
 
@@ -31,12 +32,42 @@ def accuracy_by_band(actual: np.ndarray, predicted: np.ndarray, parent_ms: float
     return out
 
 
-def format_band_table(rows: dict[str, dict[str, dict[str, float]]], split: str = "5-fold CV") -> str:
-    """Markdown table: rows[metric][band] = accuracy dict."""
-    lines = [f"| metric | latency / parent's | n | within ±10% ({split}) | MAPE |", "|---|---|---|---|---|"]
+def _band(share: float) -> str | None:
+    for lo, hi in BANDS:
+        if lo <= share < hi:
+            return f"{lo:.0%}-{min(hi, 1):.0%}"
+    return None
+
+
+def repeatability_by_band(timings: pd.DataFrame, metric: str, parent_ms: float) -> dict[str, dict[str, float]]:
+    """The test-retest ceiling of the labels, by band: over architectures timed more than once
+    (column `arch_id`; a search's verification and refinement re-time candidates), the share of
+    timings within ±10% of the median of that architecture's other timings. No predictor
+    scored against single timings can do much better."""
+    rel: dict[str, list[float]] = {}
+    for _, group in timings.groupby("arch_id"):
+        values = group[metric].to_numpy(float)
+        if len(values) < 2:
+            continue
+        band = _band(float(np.median(values)) / parent_ms)
+        for i, v in enumerate(values):
+            rel.setdefault(band, []).append(abs(v / np.median(np.delete(values, i)) - 1))
+    return {band: {"n": len(r), "within_10pct": float(np.mean(np.array(r) <= 0.10))}
+            for band, r in sorted(rel.items(), key=lambda kv: float(kv[0].split("%")[0])) if band}
+
+
+def format_band_table(rows: dict[str, dict[str, dict[str, float]]], split: str = "5-fold CV",
+                      ceiling: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """Markdown table: rows[metric][band] = accuracy dict; with `ceiling[metric][band]`
+    (`repeatability_by_band`), the labels' own test-retest agreement beside it."""
+    ceiling = ceiling or {}
+    lines = [f"| metric | latency / parent's | n | within ±10% ({split}) | MAPE | repeated timings within ±10% of "
+             "their median (n) |", "|---|---|---|---|---|---|"]
     for metric, bands in rows.items():
         for band, a in bands.items():
-            lines.append(f"| {metric} | {band} | {a['n']} | {a['within_10pct']:.1%} | {a['mape']:.2%} |")
+            c = ceiling.get(metric, {}).get(band)
+            beside = f"{c['within_10pct']:.1%} ({c['n']})" if c else "no repeats"
+            lines.append(f"| {metric} | {band} | {a['n']} | {a['within_10pct']:.1%} | {a['mape']:.2%} | {beside} |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from latprune.profiling.dataset import read_profile, reference_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
-from .accuracy import accuracy, accuracy_by_band, format_band_table, format_table
+from .accuracy import accuracy, accuracy_by_band, format_band_table, format_table, repeatability_by_band
 from .features import FEATURE_SCHEMA, FEATURES, arch_columns, features
 from .surrogates import SURROGATES
 
@@ -75,6 +75,17 @@ def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: t
     under = y[train] / oof - 1  # > 0: the prediction was too low
     final.cv_under = float(max(0.0, np.quantile(under, 0.9)))
     return final, acc, accuracy_by_band(y[train], oof, parent_ms) if parent_ms else {}
+
+
+def _repeatability(frame: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
+    """Test-retest agreement of the profile's repeated timings (samples, refinement and
+    verification rows of one architecture, one workload), by band, per metric."""
+    if refs.empty:
+        return {}
+    timed = frame[frame.role.isin(("sample", "refine", "verify")) & (frame.status == "ok")
+                  & ~frame.drift_flag.astype(bool)]
+    timed = timed[timed.workload == refs.workload.iloc[0]]
+    return {m: r for m in METRICS if (r := repeatability_by_band(timed, m, float(refs[m].iloc[0])))}
 
 
 def _metadata(first: pd.Series, rows: pd.DataFrame, counts: dict, refs: pd.DataFrame, *, kind: str, acc: dict,
@@ -131,12 +142,15 @@ class Predictor:
                 kind, metric, f, rows[metric].to_numpy(float), split, folds=folds, rng=rng, parent_ms=parent_ms)
         meta = _metadata(first, rows, counts, refs, kind=kind, acc=acc, seed=seed)
         meta["accuracy_by_band"] = {m: b for m, b in bands.items() if b}
+        meta["repeatability_by_band"] = _repeatability(frame, refs)
         return cls(kind, space, first["dtype"], surrogates, meta)
 
     def accuracy_table(self) -> str:
         """Overall accuracy, and 5-fold CV accuracy by latency band (when the profile has a parent timing)."""
         bands = self.meta.get("accuracy_by_band")
-        return format_table(self.meta["accuracy"]) + ("\n\n" + format_band_table(bands) if bands else "")
+        ceiling = self.meta.get("repeatability_by_band")
+        return format_table(self.meta["accuracy"]) + ("\n\n" + format_band_table(bands, ceiling=ceiling)
+                                                     if bands else "")
 
     # ---- predict -------------------------------------------------------------
     def check_workload(self, workload: Workload, allow_mismatch: bool = False) -> None:

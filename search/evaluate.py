@@ -36,7 +36,13 @@ class Evaluator:
     strategy: str = ""
     bound: str = "upper"  # which prediction meets the limit: "upper" (upper bound) or "median"
     perplexities: dict[str, float] = field(default_factory=dict)  # may be shared between evaluators
+    floor_ms: float = 0.0  # > 0: a band round, where the bounded prediction must also be at least this
     _predictions: dict[str, pd.Series] = field(default_factory=dict)
+
+    @property
+    def column(self) -> str:
+        """The prediction the limit applies to: the upper bound, or the median when `bound` says so."""
+        return self.metric + ("_upper" if self.bound == "upper" else "")
 
     def predicted(self, archs: list[Architecture]) -> pd.DataFrame:
         return self.predictor.predict_columns(arch_columns(archs), self.workload)
@@ -49,11 +55,16 @@ class Evaluator:
         return self._predictions[arch.id]
 
     def upper_ms(self, arch: Architecture) -> float:
-        """The prediction the limit applies to (the upper bound, or the median when `bound` says so)."""
-        return float(self.prediction(arch)[self.metric + ("_upper" if self.bound == "upper" else "")])
+        """The prediction the limit applies to (`column`)."""
+        return float(self.prediction(arch)[self.column])
 
     def feasible(self, arch: Architecture) -> bool:
-        return self.upper_ms(arch) <= self.limit_ms
+        return self.floor_ms <= self.upper_ms(arch) <= self.limit_ms
+
+    def feasible_many(self, archs: list[Architecture]) -> list[bool]:
+        """`feasible` for many architectures in one prediction."""
+        pred = self.predicted(archs)[self.column].to_numpy()
+        return [bool(self.floor_ms <= p <= self.limit_ms) for p in pred]
 
     def quality(self, arch: Architecture) -> float:
         """Calibration perplexity of `arch` (computed once per architecture id)."""
@@ -74,10 +85,13 @@ class Evaluator:
         return ppl
 
     def loss(self, arch: Architecture) -> float:
-        """log perplexity if feasible, else a penalty above every feasible loss."""
+        """log perplexity if feasible, else a penalty above every feasible loss (smaller the
+        nearer the feasible range)."""
         pred = self.upper_ms(arch)
         if pred > self.limit_ms:
             return 1e3 + pred / self.limit_ms
+        if pred < self.floor_ms:
+            return 1e3 + self.floor_ms / pred
         ppl = self.quality(arch)
         return math.log(ppl) if math.isfinite(ppl) else 1e3
 

@@ -7,7 +7,9 @@ their predicted interval straddles the budget, and they would spend it. The best
 profile, the predictor is refitted on it, and the next candidate is chosen with the refitted
 predictor. It stops once `opts.finalists` candidates have *landed* (measured within `BAND`
 of the limit; its top leaves headroom for verification's noise), when no candidate is left
-in the band, or when the allowance (`opts.device_measurements`) is spent.
+in the band, or when the allowance (`opts.device_measurements`) is spent. Candidates the
+profile already holds refinement timings of (an interrupted or earlier search) count as
+measured without spending the allowance, so a rerun continues where it stopped.
 
 The device and the refit are passed in as functions, so the logic is the same for every
 device and testable with a scripted one.
@@ -17,14 +19,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
+from latprune.compress.ranked import WINDOW
+from latprune.errors import LatpruneError
 from latprune.predictors.predictor import Predictor
+from latprune.profiling.verify import DeviceSession
+from latprune.text import calibration_windows
 from latprune.workload import Workload
 
+from .evaluate import SEARCH_WINDOWS
 from .options import SearchOptions
+
+if TYPE_CHECKING:
+    from .workflow import Prepared
 
 BAND = (0.95, 0.99)  # predicted median / limit worth a measurement; measured / limit that has landed
 
@@ -37,6 +49,14 @@ class Refinement:
     measured: dict[str, float] = field(default_factory=dict)
     predictor: Predictor | None = None
     refits: int = 0
+    band_rounds: int = 0  # searches in the budget band, run when the pool had no candidate there
+    pool: pd.DataFrame | None = None  # the candidates, with those the band rounds found
+    reused: int = 0  # of `measured`, timed by an earlier search (rows already in the profile)
+
+    @property
+    def spent(self) -> int:
+        """Device timings this refinement took."""
+        return len(self.measured) - self.reused
 
     def landed(self, limit: float) -> list[str]:
         """Ids measured within BAND of `limit`, in the order measured."""
@@ -63,15 +83,25 @@ def next_candidate(pool: pd.DataFrame, predictor: Predictor, workload: Workload,
 
 def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: SearchOptions, *,
            measure: Callable[[Architecture], float], refit: Callable[[], Predictor | None],
+           search_band: Callable[[Predictor], pd.DataFrame] | None = None, known: dict[str, float] | None = None,
            on_measured: Callable[[Architecture, float], None] | None = None) -> Refinement:
     """Measure near-budget candidates of `pool` (columns arch_id, arch_json, perplexity) one
     at a time with `measure` (-> latency of `opts.metric` on the predictor's scale), refitting
-    after each with `refit` (None: keep the predictor)."""
-    result = Refinement(predictor=predictor)
-    while len(result.measured) < opts.device_measurements:
+    after each with `refit` (None: keep the predictor). When the pool has no candidate left
+    in the band, `search_band(predictor)` searches there (new candidates, same columns).
+    `known`: latencies already measured (id -> ms), taken as they are and refitted on first."""
+    result = Refinement(measured=dict(known or {}), predictor=predictor, reused=len(known or {}), pool=pool)
+    if result.reused and (refitted := refit()) is not None:
+        result.predictor, result.refits = refitted, 1
+    while result.spent < opts.device_measurements:
         if len(result.landed(opts.limit_ms)) >= opts.finalists:
             break
-        arch = next_candidate(pool, result.predictor, workload, opts, set(result.measured))
+        arch = next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
+        if arch is None and search_band is not None:
+            found = search_band(result.predictor)
+            result.band_rounds += 1
+            result.pool = pd.concat([result.pool, found[~found.arch_id.isin(result.pool.arch_id)]], ignore_index=True)
+            arch = next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
         if arch is None:
             break
         result.measured[arch.id] = measure(arch)
@@ -79,3 +109,63 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
         if (refitted := refit()) is not None:
             result.predictor, result.refits = refitted, result.refits + 1
     return result
+
+
+def _refit(prep: Prepared, session: DeviceSession) -> Predictor | None:
+    """The predictor refitted on the session's record (this parent and device), or None
+    when that record cannot train one on the predictor's own scale."""
+    frame, model_hash = session.writer.frame, prep.predictor.meta["model"]["config_hash"]
+    frame = frame[(frame.device == prep.device.name) & (frame.model_hash == model_hash)]
+    try:
+        refitted = Predictor.fit(frame, prep.predictor.kind, seed=prep.opts.seed)
+    except LatpruneError:
+        return None
+    return refitted if refitted.baseline(prep.workload) == prep.predictor.baseline(prep.workload) else None
+
+
+def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession,
+                     progress: bool = True) -> tuple[Refinement, pd.DataFrame]:
+    """Budget-directed refinement (`refine`) with this device session, searching the budget
+    band with the search's own strategy when the candidates have none there. Returns it and
+    the candidates (with those the band rounds found), each measured one's latency in column
+    `refine_<metric>`."""
+    from .workflow import find_candidates  # the search's own round; workflow imports this module
+
+    opts, m, ranked = prep.opts, prep.opts.metric, prep.ranked
+    if not opts.device_measurements:
+        return Refinement(predictor=prep.predictor, pool=cands), cands
+    calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
+    shared = dict(zip(cands.arch_id, cands.perplexity))
+
+    def search_band(predictor: Predictor) -> pd.DataFrame:
+        return find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=BAND,
+                               perplexities=shared).frame()
+
+    bar = tqdm(total=opts.device_measurements, desc=f"refine on {prep.device.name}", unit="timing",
+               disable=not progress)
+
+    def measured(arch: Architecture, ms: float) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{arch.describe()}: {ms:.2f} ms = {ms / opts.latency_ms:.0%} of the budget")
+
+    try:
+        result = refine(cands, prep.predictor, prep.workload, opts, on_measured=measured, search_band=search_band,
+                        known=_known_refinements(session, cands, m),
+                        measure=lambda a: session.on_scale(session.time(a, "refine"), m),
+                        refit=lambda: _refit(prep, session))
+    finally:
+        bar.close()
+    pool = result.pool.sort_values("perplexity", kind="stable")
+    pool[f"refine_{m}"] = pool.arch_id.map(result.measured)
+    return result, pool
+
+
+def _known_refinements(session: DeviceSession, cands: pd.DataFrame, metric: str) -> dict[str, float]:
+    """Latency (median, on the session's scale) of each candidate the record already holds
+    refinement timings of: an interrupted or earlier search measured them."""
+    rows = session.writer.rows(role="refine", status="ok", **session.profiler.key)
+    if rows.empty:
+        return {}
+    rows = rows[rows.arch_id.isin(cands.arch_id) & ~rows.drift_flag.astype(bool)]
+    return {i: float(pd.Series([session.on_scale(r, metric) for _, r in group.iterrows()]).median())
+            for i, group in rows.groupby("arch_id")}

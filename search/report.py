@@ -207,7 +207,7 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
                   format_table(meta["accuracy"])]
         if meta.get("accuracy_by_band"):
             parts += ["", "By latency relative to the parent's (small sub-networks time noisily):", "",
-                      format_band_table(meta["accuracy_by_band"])]
+                      format_band_table(meta["accuracy_by_band"], ceiling=meta.get("repeatability_by_band"))]
     markdown = "\n".join(parts) + "\n"
     md_path.write_text(markdown)
     html_path = md_path.with_suffix(".html")

@@ -26,8 +26,7 @@ from .options import DEFAULT_OPTIMIZER, STRATEGIES
 
 def _largest_feasible(ev: Evaluator, family: list[Architecture]) -> list[Architecture]:
     """The largest member of an ordered (small to large) family that is predicted feasible."""
-    pred = ev.predicted(family)[f"{ev.metric}_upper"].to_numpy()
-    ok = [a for a, p in zip(family, pred) if p <= ev.limit_ms]
+    ok = [a for a, feasible in zip(family, ev.feasible_many(family)) if feasible]
     return ok[-1:]
 
 

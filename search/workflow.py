@@ -41,7 +41,7 @@ from .evaluate import SEARCH_WINDOWS, Evaluator
 from .options import SearchOptions
 from .pareto import pareto_front, spread
 from .recovery import recover, select_by_recovery
-from .refine import Refinement, refine
+from .refine import Refinement, refine_on_device
 from .strategies import run_strategy
 
 HELDOUT_WINDOWS = 40
@@ -96,18 +96,21 @@ def parent_answer(prep: Prepared) -> dict[str, Any] | None:
 
 def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Tensor, workload: Workload,
                     opts: SearchOptions, progress: bool = True, *, bound: str = "upper",
-                    perplexities: dict[str, float] | None = None) -> Evaluator:
-    """Run the strategy with the limit on the predicted upper bound (or median: `bound`);
-    every evaluated architecture is in the returned evaluator's records. `perplexities` may
-    be shared with an earlier round. Raises when even the smallest sub-network is predicted
-    over the budget."""
-    ev = Evaluator(ranked, predictor, windows, workload, opts.metric, opts.limit_ms, bound=bound,
-                   perplexities={} if perplexities is None else perplexities)
-    floor = ev.upper_ms(ranked.space.smallest())
-    if floor > opts.limit_ms:
+                    perplexities: dict[str, float] | None = None,
+                    band: tuple[float, float] | None = None) -> Evaluator:
+    """Run the strategy with the limit on the predicted upper bound (`bound` "upper"), or on
+    the predicted median ("median"; "band": also at least `band[0]` x the limit, and at most
+    `band[1]` x it); every evaluated architecture is in the returned evaluator's records.
+    `perplexities` may be shared with an earlier round. Raises when even the smallest
+    sub-network is predicted over the budget."""
+    low, high = band or (0.0, 1.0)
+    ev = Evaluator(ranked, predictor, windows, workload, opts.metric, opts.limit_ms * high, bound=bound,
+                   perplexities={} if perplexities is None else perplexities, floor_ms=opts.limit_ms * low)
+    smallest_ms = ev.upper_ms(ranked.space.smallest())
+    if smallest_ms > opts.limit_ms:
         raise LatpruneError(f"--latency-ms {opts.latency_ms:g} is infeasible: the smallest sub-network's predicted "
-                            f"{opts.metric} ({bound}) is {floor:.3f} ms; raise the budget or lower --margin")
-    desc = f"search {opts.strategy}" + (" near the budget" if bound == "median" else "")
+                            f"{opts.metric} ({bound}) is {smallest_ms:.3f} ms; raise the budget or lower --margin")
+    desc = f"search {opts.strategy}" + {"upper": "", "median": " near the budget", "band": " in the budget band"}[bound]
     bar = tqdm(total=opts.evaluations, desc=desc, unit="eval", disable=not progress)
 
     def report(e: Evaluator) -> None:
@@ -144,42 +147,6 @@ def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
         frames.append(near.frame())
     cands = pd.concat(frames, ignore_index=True).drop_duplicates("arch_id", keep="first")
     return cands.sort_values("perplexity", kind="stable")
-
-
-def _refit(prep: Prepared, session: DeviceSession) -> Predictor | None:
-    """The predictor refitted on the session's record (this parent and device), or None
-    when that record cannot train one on the predictor's own scale."""
-    frame, model_hash = session.writer.frame, prep.predictor.meta["model"]["config_hash"]
-    frame = frame[(frame.device == prep.device.name) & (frame.model_hash == model_hash)]
-    try:
-        refitted = Predictor.fit(frame, prep.predictor.kind, seed=prep.opts.seed)
-    except LatpruneError:
-        return None
-    return refitted if refitted.baseline(prep.workload) == prep.predictor.baseline(prep.workload) else None
-
-
-def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession,
-                     progress: bool = True) -> Refinement:
-    """Budget-directed refinement (`refine`) with this device session; marks each measured
-    candidate's latency in `cands` (column `refine_<metric>`)."""
-    opts, m = prep.opts, prep.opts.metric
-    if not opts.device_measurements:
-        return Refinement(predictor=prep.predictor)
-    bar = tqdm(total=opts.device_measurements, desc=f"refine on {prep.device.name}", unit="timing",
-               disable=not progress)
-
-    def measured(arch: Architecture, ms: float) -> None:
-        bar.update(1)
-        bar.set_postfix_str(f"{arch.describe()}: {ms:.2f} ms = {ms / opts.latency_ms:.0%} of the budget")
-
-    try:
-        result = refine(cands, prep.predictor, prep.workload, opts, on_measured=measured,
-                        measure=lambda a: session.on_scale(session.time(a, "refine"), m),
-                        refit=lambda: _refit(prep, session))
-    finally:
-        bar.close()
-    cands[f"refine_{m}"] = cands.arch_id.map(result.measured)
-    return result
 
 
 def pick_finalists(prep: Prepared, cands: pd.DataFrame, refinement: Refinement) -> tuple[list[Architecture], int]:
@@ -267,7 +234,7 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     with DeviceSession(prep.ranked.model.config, prep.device, prep.workload,
                        profile_record or default_profile(prep.device.name),
                        baseline=prep.predictor.baseline(prep.workload)) as session:
-        refinement = refine_on_device(prep, cands, session, progress)
+        refinement, cands = refine_on_device(prep, cands, session, progress)
         verified, preferred = verify_finalists(prep, cands, session, refinement, progress)
     passing = passing_finalists(prep, verified, preferred)
     winner, selected, selection = select_by_recovery(prep, passing, progress)
@@ -342,7 +309,7 @@ class SearchResult:
             "margin": opts.safety_margin, "workload": self.prep.workload.to_dict(), "strategy": opts.strategy,
             "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
             "evaluations": len(self.cands),
-            "device_measurements": len(self.refinement.measured) + len(self.verified.finalists) * ROUNDS,
+            "device_measurements": self.refinement.spent + len(self.verified.finalists) * ROUNDS,
             "refinement": self._refinement(),
             "verification_rounds": ROUNDS, "search_seconds": round(self.search_s, 1),
             "supernet": self.prep.ranked.weights is not None,
@@ -355,7 +322,7 @@ class SearchResult:
                                  "predicted_interval_ms": [pm["predicted"][m], pm["predicted_upper"].get(m)],
                                  "chosen_from": str(self.cands.set_index("arch_id").loc[self.winner.id, "bound"]),
                                  "device_measurements": summary["device_measurements"],
-                                 "in_refinement": len(self.refinement.measured),
+                                 "in_refinement": self.refinement.spent,
                                  "in_verification": len(self.verified.finalists) * ROUNDS}
         summary["speedup"] = {k: {"predicted": pp["predicted"][k] / pm["predicted"][k],
                                   "measured": pp["measured"][k] / pm["measured"][k]} for k in METRICS}
@@ -369,6 +336,7 @@ class SearchResult:
 
     def _refinement(self) -> dict[str, Any]:
         return {"measured_ms": self.refinement.measured, "refits": self.refinement.refits,
+                "reused_from_profile": self.refinement.reused, "band_rounds": self.refinement.band_rounds,
                 "landed": self.refinement.landed(self.prep.opts.limit_ms),
                 "allowance": self.prep.opts.device_measurements}
 

@@ -81,7 +81,9 @@ def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None):
 
     config = config or smol_like_config()
     space = SearchSpace.from_config(config)
-    cols = arch_columns(profile_plan(space, n, seed)).assign(batch=1, prompt=128, generate=32)
+    archs = profile_plan(space, n, seed)
+    cols = arch_columns(archs).assign(batch=1, prompt=128, generate=32, arch_id=[a.id for a in archs],
+                                      workload="w")
     f = features(space, cols)
     rng = np.random.default_rng(seed)
     noise = lambda: rng.normal(1, 0.01, n)  # noqa: E731

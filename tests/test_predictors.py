@@ -105,3 +105,16 @@ def test_refinement_rows_train_the_predictor_and_verification_rows_do_not():
     rows, counts = usable_rows(frame)
     assert counts == {"sample_rows": 15, "refine_rows": 3, "failed": 0, "drift_flagged": 0, "used": 18}
     assert set(rows.role) == {"sample", "refine"}
+
+
+def test_repeatability_is_each_timing_against_the_median_of_its_repeats():
+    from latprune.predictors.accuracy import format_band_table, repeatability_by_band
+
+    timings = pd.DataFrame({"arch_id": ["a", "a", "a", "b"], "decode_ms": [10.0, 10.4, 12.5, 3.0]})
+    ceiling = repeatability_by_band(timings, "decode_ms", parent_ms=20.0)
+    assert list(ceiling) == ["30%-60%"] and ceiling["30%-60%"]["n"] == 3  # b was timed once: no repeat
+    assert ceiling["30%-60%"]["within_10pct"] == pytest.approx(1 / 3)  # only 10.4 is within 10% of the others
+    table = format_band_table({"decode_ms": {"30%-60%": {"n": 5, "within_10pct": 0.8, "mape": 0.05},
+                                             "0%-10%": {"n": 2, "within_10pct": 0.5, "mape": 0.2}}},
+                              ceiling={"decode_ms": ceiling})
+    assert "| decode_ms | 30%-60% | 5 | 80.0% | 5.00% | 33.3% (3) |" in table and "no repeats" in table

@@ -142,6 +142,41 @@ def test_refinement_without_refit_spends_its_allowance_on_misses():
     assert len(timed) == 4 and result.landed(opts.limit_ms) == [] and result.refits == 0
 
 
+def test_a_rerun_takes_the_profiles_refinement_timings_and_continues():
+    from latprune.search.refine import refine
+
+    space = smol_like_space()
+    first, opts, timed = _refine_against(space, 1.08, 1.08, device_measurements=1, finalists=2)
+    assert len(timed) == 1 and first.spent == 1  # interrupted after one timing: its row stays in the profile
+    law, device, again = ScaledLaw(space), ScaledLaw(space, 1.08), []
+    opts = SearchOptions(opts.latency_ms, device_measurements=6, finalists=2)
+    rerun = refine(_pool(space), law, Workload(), opts, known=first.measured, refit=lambda: ScaledLaw(space, 1.08),
+                   measure=lambda a: again.append(a) or device.ms(a))
+    assert not {a.id for a in again} & set(first.measured)  # nothing timed twice
+    assert rerun.reused == 1 and rerun.spent == len(again) == 2 and len(rerun.landed(opts.limit_ms)) == 2
+    assert rerun.refits == 3  # refitted on the known row first, then after each new timing
+
+
+def test_when_no_candidate_is_in_the_band_refinement_searches_there():
+    from latprune.search.refine import refine
+
+    space = smol_like_space()
+    law = ScaledLaw(space)
+    opts = SearchOptions(0.6 * law.ms(space.largest()), device_measurements=6, finalists=2)
+    pool = _pool(space)
+    share = pool.arch_json.map(lambda j: law.ms(Architecture.from_json(j)) / opts.limit_ms)
+    outside, inside = pool[(share < 0.9) | (share > 1.0)], pool[(share >= 0.95) & (share <= 0.99)]
+    searched = []
+
+    def search_band(predictor):
+        searched.append(predictor)
+        return inside
+
+    result = refine(outside, law, Workload(), opts, measure=law.ms, refit=lambda: None, search_band=search_band)
+    assert len(searched) == 1 and result.band_rounds == 1 and len(result.landed(opts.limit_ms)) == 2
+    assert set(result.measured) <= set(inside.arch_id) and len(result.pool) == len(outside) + len(inside)
+
+
 def test_no_device_measurements_means_no_refinement():
     space = smol_like_space()
     result, _, timed = _refine_against(space, 1.0, 1.0, device_measurements=0)
