@@ -78,10 +78,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=9.0, help="wall time per row: search + recovery")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--work", default="out/bench_recovery")
+    ap.add_argument("--report-only", action="store_true", help="write the results from WORK/rows.json")
     args = ap.parse_args()
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        saved = json.loads((work / "rows.json").read_text())
+        write_results(saved["rows"], saved["parent"], parent_ms, args.minutes)
+        return
     rows, held, second, parent_quality = [], None, None, None
     for fraction in [float(f) for f in args.fractions.split(",")]:
         for name in args.strategies.split(","):
@@ -101,7 +106,8 @@ def main() -> None:
                 row = {"failed": str(exc)}
             rows.append({"fraction": fraction, "budget_ms": opts.latency_ms, "strategy": name, **row})
             print(json.dumps(rows[-1], default=float), flush=True)
-            (work / "rows.json").write_text(json.dumps(rows, default=float, indent=1))
+            saved = {"rows": rows, "parent": parent_quality}
+            (work / "rows.json").write_text(json.dumps(saved, default=float, indent=1))
     write_results(rows, parent_quality, parent_ms, args.minutes)
 
 

@@ -36,17 +36,24 @@ def profile_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 6
     pool.pop(smallest.id, None)
     candidates = list(pool.values())
     params = np.array([space.num_params(a) for a in candidates], dtype=float)
-    chosen = [largest, smallest]
+    targets = np.linspace(space.num_params(smallest) ** 0.5, space.num_params(largest) ** 0.5, n)[1:-1] ** 2
+    chosen = [largest, smallest, *_nearest_each(candidates, params, targets)]
+    order = rng.permutation(len(chosen))
+    return [chosen[i] for i in order]
+
+
+def _nearest_each(candidates: list[Architecture], values: np.ndarray, targets: np.ndarray) -> list[Architecture]:
+    """For each target in turn, the unused candidate whose value is nearest to it."""
     used = np.zeros(len(candidates), dtype=bool)
-    for target in np.linspace(space.num_params(smallest) ** 0.5, space.num_params(largest) ** 0.5, n)[1:-1] ** 2:
-        dist = np.where(used, np.inf, np.abs(params - target))
+    chosen = []
+    for target in targets:
+        dist = np.where(used, np.inf, np.abs(values - target))
         if not np.isfinite(dist).any():
             break
         i = int(np.argmin(dist))
         used[i] = True
         chosen.append(candidates[i])
-    order = rng.permutation(len(chosen))
-    return [chosen[i] for i in order]
+    return chosen
 
 
 AIM_WIDTH = 0.15  # an aimed plan covers aim x (1 +- AIM_WIDTH) of the parent's latency
@@ -72,13 +79,4 @@ def aimed_plan(space: SearchSpace, n: int, measured: dict[Architecture, float], 
     pool = {a.id: a for a in (space.sample(rng) for _ in range(pool_factor * n)) if a.id not in exclude}
     candidates = list(pool.values())
     estimate = _proxy_features(space, candidates) @ coef
-    used = np.zeros(len(candidates), dtype=bool)
-    chosen = []
-    for target in np.linspace(aim * (1 - AIM_WIDTH), aim * (1 + AIM_WIDTH), n):
-        dist = np.where(used, np.inf, np.abs(estimate - target))
-        if not np.isfinite(dist).any():
-            break
-        i = int(np.argmin(dist))
-        used[i] = True
-        chosen.append(candidates[i])
-    return chosen
+    return _nearest_each(candidates, estimate, np.linspace(aim * (1 - AIM_WIDTH), aim * (1 + AIM_WIDTH), n))

@@ -100,6 +100,8 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
         if arch is None and search_band is not None:
             found = search_band(result.predictor)
             result.band_rounds += 1
+            if found.empty:  # e.g. layer dropping has no member in so narrow a band
+                break
             result.pool = pd.concat([result.pool, found[~found.arch_id.isin(result.pool.arch_id)]], ignore_index=True)
             arch = next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
         if arch is None:

@@ -175,6 +175,11 @@ def test_when_no_candidate_is_in_the_band_refinement_searches_there():
     result = refine(outside, law, Workload(), opts, measure=law.ms, refit=lambda: None, search_band=search_band)
     assert len(searched) == 1 and result.band_rounds == 1 and len(result.landed(opts.limit_ms)) == 2
     assert set(result.measured) <= set(inside.arch_id) and len(result.pool) == len(outside) + len(inside)
+    import pandas as pd
+
+    nothing = refine(outside, law, Workload(), opts, measure=law.ms, refit=lambda: None,
+                     search_band=lambda predictor: pd.DataFrame())  # a band round that finds no candidate at all
+    assert nothing.band_rounds == 1 and nothing.measured == {} and len(nothing.pool) == len(outside)
 
 
 def test_no_device_measurements_means_no_refinement():
