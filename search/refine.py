@@ -5,9 +5,11 @@ The search rounds leave a pool of evaluated candidates. Those whose predicted me
 their predicted interval straddles the budget, and they would spend it. The best of them
 (calibration perplexity) is timed on the device, paired with the parent; the row joins the
 profile, the predictor is refitted on it, and the next candidate is chosen with the refitted
-predictor. It stops once `opts.finalists` candidates have *landed* (measured within `BAND`
-of the limit; its top leaves headroom for verification's noise), when no candidate is left
-in the band, or when the allowance (`opts.device_measurements`) is spent. Candidates the
+predictor. When no candidate is left in the band, a band round (the search's own strategy,
+the predicted median held inside BAND) looks for more. It stops once `opts.finalists`
+candidates have *landed* (measured within `BAND` of the limit; its top leaves headroom for
+verification's noise), when even a band round finds none, or when the allowance
+(`opts.device_measurements`) is spent. Candidates the
 profile already holds refinement timings of (an interrupted or earlier search) count as
 measured without spending the allowance, so a rerun continues where it stopped.
 
