@@ -118,7 +118,12 @@ def load_checkpoint(folder: Path, student: nn.Module, opt: torch.optim.Optimizer
     if meta["config"] != json.loads(json.dumps(asdict(cfg))):
         raise LatpruneError(f"checkpoint {folder} was made with other settings {meta['config']}; "
                             "use the same options or another --out")
-    load_model(student, str(Path(folder) / "student.safetensors"))
+    try:
+        load_model(student, str(Path(folder) / "student.safetensors"))
+    except RuntimeError as exc:  # another architecture's weights (e.g. a rerun chose another winner)
+        raise LatpruneError(f"checkpoint {folder} holds the weights of another architecture "
+                            f"({str(exc).splitlines()[0][:200]}); delete it to start afresh, or use another --out"
+                            ) from None
     tensors = load_file(str(Path(folder) / "optimizer.safetensors"))
     state: dict[int, dict] = {}
     for key, value in tensors.items():

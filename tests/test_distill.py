@@ -1,8 +1,9 @@
 """Distillation: shapes unchanged, loss goes down, exact resumption."""
 
+import pytest
 import torch
 
-from latprune import Architecture, SearchSpace
+from latprune import Architecture, LatpruneError, SearchSpace
 from latprune.compress.distill import DistillConfig, distill
 from latprune.compress.extract import extract
 from latprune.compress.quality import perplexity
@@ -40,3 +41,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     distill(fresh, teacher, windows, cfg, checkpoint=tmp_path / "ck", progress=False)
     for (name, a), b in zip(straight.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_another_architecture_is_one_clear_line(tmp_path):
+    cfg = DistillConfig(steps=4, batch_size=4, grad_accum=1, warmup=1, save_every=1)
+    teacher, student, windows = setup()
+    distill(student, teacher, windows, cfg, checkpoint=tmp_path / "ck", progress=False, stop_after=2)
+    wider = Architecture.uniform([0, 1, 2], 4, 2, 64, 48)
+    other = extract(teacher, wider, space=SearchSpace.from_config(teacher.config))
+    with pytest.raises(LatpruneError, match="holds the weights of another architecture"):
+        distill(other, teacher, windows, cfg, checkpoint=tmp_path / "ck", progress=False)
