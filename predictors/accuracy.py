@@ -18,25 +18,20 @@ def accuracy(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 BANDS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01))  # latency as a share of the parent's
 
 
+def _bands(share: np.ndarray):
+    """(label, mask) of every band of BANDS that `share` (latency / the parent's) has values in."""
+    for lo, hi in BANDS:
+        sel = (share >= lo) & (share < hi)
+        if sel.any():
+            yield f"{lo:.0%}-{min(hi, 1):.0%}", sel
+
+
 def accuracy_by_band(actual: np.ndarray, predicted: np.ndarray, parent_ms: float) -> dict[str, dict[str, float]]:
     """`accuracy` within bands of the actual latency relative to the parent's (0-10%, 10-30%,
     30-60%, 60-100%): small sub-networks time noisily, so one overall figure hides where the
     errors are."""
     actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
-    share = actual / parent_ms
-    out = {}
-    for lo, hi in BANDS:
-        sel = (share >= lo) & (share < hi)
-        if sel.any():
-            out[f"{lo:.0%}-{min(hi, 1):.0%}"] = accuracy(actual[sel], predicted[sel])
-    return out
-
-
-def _band(share: float) -> str | None:
-    for lo, hi in BANDS:
-        if lo <= share < hi:
-            return f"{lo:.0%}-{min(hi, 1):.0%}"
-    return None
+    return {label: accuracy(actual[sel], predicted[sel]) for label, sel in _bands(actual / parent_ms)}
 
 
 def repeatability_by_band(timings: pd.DataFrame, metric: str, parent_ms: float) -> dict[str, dict[str, float]]:
@@ -44,16 +39,17 @@ def repeatability_by_band(timings: pd.DataFrame, metric: str, parent_ms: float) 
     (column `arch_id`; a search's verification and refinement re-time candidates), the share of
     timings within ±10% of the median of that architecture's other timings. No predictor
     scored against single timings can do much better."""
-    rel: dict[str, list[float]] = {}
+    share, rel = [], []
     for _, group in timings.groupby("arch_id"):
         values = group[metric].to_numpy(float)
         if len(values) < 2:
             continue
-        band = _band(float(np.median(values)) / parent_ms)
         for i, v in enumerate(values):
-            rel.setdefault(band, []).append(abs(v / np.median(np.delete(values, i)) - 1))
-    return {band: {"n": len(r), "within_10pct": float(np.mean(np.array(r) <= 0.10))}
-            for band, r in sorted(rel.items(), key=lambda kv: float(kv[0].split("%")[0])) if band}
+            share.append(float(np.median(values)) / parent_ms)
+            rel.append(abs(v / np.median(np.delete(values, i)) - 1))
+    rel_arr = np.array(rel)
+    return {label: {"n": int(sel.sum()), "within_10pct": float(np.mean(rel_arr[sel] <= 0.10))}
+            for label, sel in _bands(np.array(share))}
 
 
 def format_band_table(rows: dict[str, dict[str, dict[str, float]]], split: str = "5-fold CV",

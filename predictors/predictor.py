@@ -20,7 +20,7 @@ from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.files import PREDICTOR_MARKER, atomic_dir, check_out
 from latprune.models import config_from_dict
-from latprune.profiling.dataset import read_profile, reference_rows, usable_rows
+from latprune.profiling.dataset import TRAINING_ROLES, read_profile, reference_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
@@ -82,7 +82,7 @@ def _repeatability(frame: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
     verification rows of one architecture, one workload), by band, per metric."""
     if refs.empty:
         return {}
-    timed = frame[frame.role.isin(("sample", "refine", "verify")) & (frame.status == "ok")
+    timed = frame[frame.role.isin((*TRAINING_ROLES, "verify")) & (frame.status == "ok")
                   & ~frame.drift_flag.astype(bool)]
     timed = timed[timed.workload == refs.workload.iloc[0]]
     return {m: r for m in METRICS if (r := repeatability_by_band(timed, m, float(refs[m].iloc[0])))}

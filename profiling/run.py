@@ -257,8 +257,7 @@ def _aimed(writer: ProfileWriter, prof: Profiler, spread: list[Architecture], n:
     rows = rows[rows.arch_id.isin({a.id for a in spread})].drop_duplicates("arch_id")
     by_id = {a.id: a for a in spread}
     parent = _parent_ms(prof, metric)
-    measured = {by_id[r.arch_id]: prof.workload.e2e_ms(r.prefill_ms, r.decode_ms) / parent if metric == "e2e_ms"
-                else r[metric] / parent for _, r in rows.iterrows()}
+    measured = {by_id[r.arch_id]: r[metric] / parent for _, r in rows.iterrows()}  # rows hold e2e_ms too
     measured[prof.space.largest()] = 1.0
     return aimed_plan(prof.space, n, measured, aim, seed=seed, exclude=set(by_id))
 

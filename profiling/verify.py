@@ -54,7 +54,6 @@ class DeviceSession:
             self.writer.close()
             raise
         self._baseline = baseline
-        self.timings = 0
 
     @property
     def scale(self) -> dict[str, float]:
@@ -68,7 +67,6 @@ class DeviceSession:
         if row["status"] != "ok":
             raise LatpruneError(f"timing {arch.describe()} on {self.profiler.device.name} failed: {row['error']}")
         self.writer.append(row)
-        self.timings += 1
         return row
 
     def on_scale(self, row: dict[str, Any], metric: str) -> float:
