@@ -1,7 +1,11 @@
 """Knowledge distillation of a sub-network from its parent on calibration text.
 
 Loss = T^2 * KL(teacher_T || student_T) (forward KL on temperature-softened logits)
-       + lm_weight * next-token cross-entropy.
+       + lm_weight * next-token cross-entropy, computed in chunks of tokens with its gradient
+       written analytically (`KDLoss`): the same value and gradient as the autograd formula at
+       a fraction of the memory traffic over the 49k-token vocabulary.
+The token embedding (and the output head tied to it) stays frozen unless `train_embedding`:
+faster steps, and a short recovery on one text cannot bend the shared vocabulary towards it.
 AdamW, linear warm-up then cosine decay, gradient accumulation, a fixed token budget
 (steps x batch x accumulation x window). Batches are a pure function of (seed, step), so a
 run resumed from a checkpoint continues exactly as an uninterrupted one would.
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +31,13 @@ from latprune.errors import Interrupted, LatpruneError, no_interrupt
 from latprune.files import CHECKPOINT_MARKER, atomic_dir
 
 
+def fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                         "_is_amx_tile_supported"))
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     steps: int = 200
@@ -35,10 +46,14 @@ class DistillConfig:
     lr: float = 1e-3  # benchmarks/results/recovery_lr.md: best of 2e-4, 1e-3, 3e-3 over a short recovery
     weight_decay: float = 0.0
     warmup: int = 10
-    temperature: float = 2.0
+    temperature: float = 1.0  # benchmarks/results/recovery_settings.md
     lm_weight: float = 0.1
     seed: int = 0
     save_every: int = 25
+    train_embedding: bool = False  # benchmarks/results/recovery_settings.md
+    # forward passes (teacher and student) autocast to bfloat16 where the CPU has it natively;
+    # master weights, optimizer and loss stay fp32
+    autocast_bf16: bool = field(default_factory=fast_bf16)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "save_every"):
@@ -77,22 +92,74 @@ def _lr_lambda(cfg: DistillConfig):
     return f
 
 
+def autocast(cfg: DistillConfig) -> torch.autocast:
+    """bfloat16 autocast of forward passes when `cfg.autocast_bf16`, else a no-op."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16)
+
+
 def _loss(student: nn.Module, teacher: nn.Module, batch: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
-    with torch.no_grad():
-        t_logits = teacher(input_ids=batch, use_cache=False).logits.float()
-    return kd_loss(student(input_ids=batch, use_cache=False).logits.float(), t_logits, batch, cfg)
+    with autocast(cfg):
+        with torch.no_grad():
+            t_logits = teacher(input_ids=batch, use_cache=False).logits
+        s_logits = student(input_ids=batch, use_cache=False).logits
+    return kd_loss(s_logits.float(), t_logits.float(), batch, cfg)
+
+
+KD_CHUNK = 64  # token rows per chunk of the fused loss: a few MB of logits each, cache-sized
+
+
+class KDLoss(torch.autograd.Function):
+    """T^2 x mean per-token KL(teacher_T || student_T) + lm_weight x mean next-token CE, over
+    flat logits [N, V]; `targets` [N] holds each row's next token, -1 where none. The gradient with respect to
+    the student's logits is written in the forward pass, chunk by chunk:
+    T (p_student_T - p_teacher_T) / N + lm_weight (p_student - onehot) / M."""
+
+    @staticmethod
+    def forward(ctx, s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                lm_weight: float) -> torch.Tensor:
+        n, m = s_logits.shape[0], int((targets >= 0).sum())
+        t = temperature
+        grad = torch.empty_like(s_logits)
+        kl = ce = 0.0
+        for i in range(0, n, KD_CHUNK):
+            s, g = s_logits[i:i + KD_CHUNK], grad[i:i + KD_CHUNK]
+            log_s = torch.log_softmax(s / t, -1)
+            log_t = torch.log_softmax(t_logits[i:i + KD_CHUNK] / t, -1)
+            p_t = log_t.exp()
+            kl += float((p_t * (log_t - log_s)).sum())
+            if lm_weight:  # before log_s is exponentiated in place below
+                tgt = targets[i:i + KD_CHUNK]
+                log_p = log_s if t == 1 else torch.log_softmax(s, -1)
+                rows = torch.nonzero(tgt >= 0).squeeze(1)
+                ce -= float(log_p[rows, tgt[rows]].sum())
+                ce_grad = log_p.exp()
+                ce_grad[rows, tgt[rows]] -= 1
+                ce_grad[tgt < 0] = 0
+            torch.sub(log_s.exp_(), p_t, out=g).mul_(t / n)
+            if lm_weight:
+                g.add_(ce_grad, alpha=lm_weight / m)
+        ctx.save_for_backward(grad)
+        return s_logits.new_tensor(t * t * kl / n + (lm_weight * ce / m if lm_weight else 0.0))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None, None
 
 
 def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, batch: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
     """T^2 x KL(teacher_T || student_T) per token, + lm_weight x next-token cross-entropy."""
-    t = cfg.temperature
-    kl = nn.functional.kl_div(nn.functional.log_softmax(s_logits / t, -1), nn.functional.log_softmax(t_logits / t, -1),
-                              log_target=True, reduction="batchmean") / batch.shape[1]
-    loss = kl * t * t
-    if cfg.lm_weight:
-        ce = nn.functional.cross_entropy(s_logits[:, :-1].reshape(-1, s_logits.shape[-1]), batch[:, 1:].reshape(-1))
-        loss = loss + cfg.lm_weight * ce
-    return loss
+    vocab = s_logits.shape[-1]
+    targets = torch.cat([batch[:, 1:], torch.full_like(batch[:, :1], -1)], 1).reshape(-1)
+    return KDLoss.apply(s_logits.reshape(-1, vocab), t_logits.reshape(-1, vocab).detach(), targets,
+                        cfg.temperature, cfg.lm_weight)
+
+
+def trainable(model: nn.Module, cfg: DistillConfig) -> list[nn.Parameter]:
+    """The parameters distillation trains: all but the token embedding (and the output head
+    tied to it), unless `cfg.train_embedding`."""
+    model.get_input_embeddings().weight.requires_grad_(cfg.train_embedding)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 # ---- checkpoints --------------------------------------------------------------------
@@ -165,13 +232,16 @@ def _interrupted(checkpoint, student: nn.Module, opt: torch.optim.Optimizer, don
 
 
 def seconds_per_step(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: DistillConfig) -> float:
-    """Seconds one optimizer step takes here: one micro-batch's forward and backward, timed
-    and discarded (no parameter changes), x the micro-batches per step."""
+    """Seconds one optimizer step takes here: a micro-batch's forward and backward x the
+    micro-batches per step. Two are run and discarded (no parameter changes); the second is
+    timed, the first pays one-off costs (kernel selection, allocation)."""
+    trainable(student, cfg)
     student.train()
-    t0 = time.perf_counter()
-    _loss(student, teacher, _batch(windows, cfg, 0, 0), cfg).backward()
-    elapsed = time.perf_counter() - t0
-    student.zero_grad(set_to_none=True)
+    for micro in range(2):
+        t0 = time.perf_counter()
+        _loss(student, teacher, _batch(windows, cfg, 0, micro), cfg).backward()
+        elapsed = time.perf_counter() - t0
+        student.zero_grad(set_to_none=True)
     student.eval()
     return elapsed * cfg.grad_accum
 
@@ -195,7 +265,7 @@ def distill(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
         raise LatpruneError(f"only {windows.shape[0]} calibration windows for batch size {cfg.batch_size}")
     teacher.eval()
     student.train()
-    params = [p for p in student.parameters() if p.requires_grad]
+    params = trainable(student, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if checkpoint is not None and (Path(checkpoint) / "state.json").is_file():

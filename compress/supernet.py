@@ -29,7 +29,7 @@ from latprune.checks import is_int
 from latprune.errors import LatpruneError, no_interrupt
 from latprune.space import SearchSpace
 
-from .distill import DistillConfig, _batch, _interrupted, kd_loss, load_checkpoint, save_checkpoint
+from .distill import DistillConfig, _batch, _interrupted, autocast, kd_loss, load_checkpoint, save_checkpoint, trainable
 from .extract import extract
 from .ranking import Ranking
 
@@ -47,6 +47,10 @@ class SupernetConfig(DistillConfig):
     grad_accum: int = 1
     warmup: int = 2
     save_every: int = 5
+    # as before these choices existed: the defaults of DistillConfig were measured for distill only
+    temperature: float = 2.0
+    train_embedding: bool = True
+    autocast_bf16: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,10 +163,12 @@ def _sandwich_step(sharing: WeightSharing, teacher: nn.Module, windows: torch.Te
     total = 0.0
     for micro in range(cfg.grad_accum):
         batch = _batch(windows, cfg, step, micro)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(cfg):
             t_logits = teacher(input_ids=batch, use_cache=False).logits.float()
         for arch in archs:
-            loss = kd_loss(sharing.logits(arch, batch).float(), t_logits, batch, cfg) / (cfg.grad_accum * len(archs))
+            with autocast(cfg):
+                logits = sharing.logits(arch, batch)
+            loss = kd_loss(logits.float(), t_logits, batch, cfg) / (cfg.grad_accum * len(archs))
             loss.backward()
             total += float(loss.detach())
     torch.nn.utils.clip_grad_norm_(list(sharing.params.values()), 1.0)
@@ -182,7 +188,7 @@ def train_supernet(supernet: nn.Module, teacher: nn.Module, ranking: Ranking, wi
     sharing = WeightSharing(supernet, ranking, space)
     teacher.eval()
     supernet.train()
-    opt = torch.optim.AdamW(list(sharing.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable(supernet, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(Path(checkpoint), supernet, opt, cfg) if checkpoint is not None and \
         (Path(checkpoint) / "state.json").is_file() else 0
     schedule, done = _lr_lambda(cfg), start

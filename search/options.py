@@ -12,7 +12,7 @@ from latprune.workload import METRICS
 DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
 STRATEGIES = ("nas", "random", "uniform", "layers")
 DTYPES = ("bf16", "fp32")  # of the saved checkpoint
-DEFAULT_RECOVER_MINUTES = 7.0  # distillation (finalists' + winner's); keeps `latprune run` within ~25 minutes here
+DEFAULT_RECOVER_MINUTES = 6.0  # distillation (finalists' + winner's); keeps `latprune run` within ~25 minutes here
 RUN_SAMPLES = 24  # `latprune run`'s profile: half space-filling, half aimed at the budget
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latprune import Architecture, LatpruneError, SearchSpace
-from latprune.compress.distill import DistillConfig, distill
+from latprune.compress.distill import DistillConfig, distill, kd_loss
 from latprune.compress.extract import extract
 from latprune.compress.quality import perplexity
 
@@ -28,6 +28,43 @@ def test_distillation_keeps_shapes_and_moves_towards_the_teacher():
     assert {k: v.shape for k, v in student.state_dict().items()} == shapes
     assert student.config.num_hidden_layers == 2
     assert perplexity(student, windows) < before
+
+
+def reference_kd_loss(s_logits, t_logits, batch, t, lm_weight):
+    """The loss written with autograd ops, as the fused `KDLoss` must reproduce it."""
+    log_s, log_t = torch.log_softmax(s_logits / t, -1), torch.log_softmax(t_logits / t, -1)
+    kl = (log_t.exp() * (log_t - log_s)).sum() / (batch.shape[0] * batch.shape[1])
+    ce = torch.nn.functional.cross_entropy(s_logits[:, :-1].reshape(-1, s_logits.shape[-1]), batch[:, 1:].reshape(-1))
+    return t * t * kl + lm_weight * ce
+
+
+@pytest.mark.parametrize("temperature,lm_weight", [(2.0, 0.1), (1.0, 0.5), (1.5, 0.0)])
+def test_fused_loss_equals_the_autograd_formula_in_value_and_gradient(temperature, lm_weight):
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randint(0, 300, (3, 50), generator=g)  # 150 token rows: chunks of 64 cut across sequences
+    t_logits = 3 * torch.randn(3, 50, 300, generator=g, dtype=torch.float64)
+    s_fused = (3 * torch.randn(3, 50, 300, generator=g, dtype=torch.float64)).requires_grad_()
+    s_ref = s_fused.detach().clone().requires_grad_()
+    cfg = DistillConfig(temperature=temperature, lm_weight=lm_weight)
+    fused = kd_loss(s_fused, t_logits, batch, cfg)
+    fused.backward()
+    ref = reference_kd_loss(s_ref, t_logits, batch, temperature, lm_weight)
+    ref.backward()
+    assert float(fused.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
+    assert torch.allclose(s_fused.grad, s_ref.grad, rtol=1e-9, atol=1e-15)
+
+
+def test_the_tied_embedding_stays_frozen_unless_asked_to_train():
+    teacher, student, windows = setup()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    distill(student, teacher, windows, DistillConfig(steps=3, batch_size=4, grad_accum=1, warmup=1), progress=False)
+    after = student.state_dict()
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert not torch.equal(after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+    teacher, trained, windows = setup()
+    distill(trained, teacher, windows, DistillConfig(steps=3, batch_size=4, grad_accum=1, warmup=1,
+                                                     train_embedding=True), progress=False)
+    assert not torch.equal(trained.state_dict()["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
