@@ -376,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "measure ONNX Runtime latency of sampled sub-architectures on a device",
             "examples:\n  latprune profile --device cpu --model default --samples 40\n"
             "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
-            "  latprune profile --device cpu --samples 32 --aim 0.6   # half aimed at 60%% of the parent's decode_ms\n"
+            "  latprune profile --device cpu --samples 32 --aim 0.6   # half aimed at 60% of the parent's decode_ms\n"
             "Rerunning the same command resumes: finished samples are kept and skipped.\n"
             "One process at a time per file: a second is refused (it would lose rows and disturb the timings).")
     p.add_argument("--device", default="cpu", help="cpu, a100, jetson or a device of --devices-file")

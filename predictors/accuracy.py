@@ -16,14 +16,19 @@ def accuracy(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 
 
 BANDS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01))  # latency as a share of the parent's
+ABOVE = 0.3  # the share from which budgets are usual: the union of the bands above it is reported too
+ABOVE_LABEL = f"≥{ABOVE:.0%} (all above)"
 
 
 def _bands(share: np.ndarray):
-    """(label, mask) of every band of BANDS that `share` (latency / the parent's) has values in."""
+    """(label, mask) of every band of BANDS that `share` (latency / the parent's) has values
+    in, then of the union of those at or above ABOVE."""
     for lo, hi in BANDS:
         sel = (share >= lo) & (share < hi)
         if sel.any():
             yield f"{lo:.0%}-{min(hi, 1):.0%}", sel
+    if (share >= ABOVE).any():
+        yield ABOVE_LABEL, share >= ABOVE
 
 
 def accuracy_by_band(actual: np.ndarray, predicted: np.ndarray, parent_ms: float) -> dict[str, dict[str, float]]:

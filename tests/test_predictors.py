@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from latprune import LatpruneError
+from latprune.predictors.accuracy import ABOVE_LABEL
 from latprune.predictors.features import arch_columns, features
 from latprune.predictors.predictor import Predictor
 from latprune.profiling.sampling import profile_plan
@@ -91,7 +92,9 @@ def test_parent_reference_timings_anchor_the_largest_architecture():
     assert abs(with_refs.predict([largest]).decode_ms.iloc[0] - true_decode) < abs(without - true_decode)
     # with the parent's timing, CV accuracy is also reported by band of latency relative to it
     bands = with_refs.meta["accuracy_by_band"]["decode_ms"]
+    above = bands.pop(ABOVE_LABEL)  # the union of the bands from 30% up, reported beside them
     assert sum(b["n"] for b in bands.values()) == with_refs.meta["accuracy"]["decode_ms"]["5-fold CV"]["n"]
+    assert above["n"] == sum(bands[b]["n"] for b in ("30%-60%", "60%-100%") if b in bands)
     assert set(bands) <= {"0%-10%", "10%-30%", "30%-60%", "60%-100%"} and "| decode_ms | 60%-100% |" in \
         with_refs.accuracy_table()
 
@@ -112,7 +115,7 @@ def test_repeatability_is_each_timing_against_the_median_of_its_repeats():
 
     timings = pd.DataFrame({"arch_id": ["a", "a", "a", "b"], "decode_ms": [10.0, 10.4, 12.5, 3.0]})
     ceiling = repeatability_by_band(timings, "decode_ms", parent_ms=20.0)
-    assert list(ceiling) == ["30%-60%"] and ceiling["30%-60%"]["n"] == 3  # b was timed once: no repeat
+    assert list(ceiling) == ["30%-60%", ABOVE_LABEL] and ceiling["30%-60%"]["n"] == 3  # b was timed once
     assert ceiling["30%-60%"]["within_10pct"] == pytest.approx(1 / 3)  # only 10.4 is within 10% of the others
     table = format_band_table({"decode_ms": {"30%-60%": {"n": 5, "within_10pct": 0.8, "mape": 0.05},
                                              "0%-10%": {"n": 2, "within_10pct": 0.5, "mape": 0.2}}},
