@@ -51,7 +51,7 @@ def agree(values: list[float], tol: float = 0.10) -> list[bool]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="profiles/cpu.parquet")
+    ap.add_argument("--profile", default="benchmarks/data/cpu-160.parquet")
     ap.add_argument("--holdout", type=int, default=30)
     ap.add_argument("--passes", type=int, default=2, help="re-measurements of every held-out architecture")
     args = ap.parse_args()

@@ -32,7 +32,7 @@ from latprune.profiling.dataset import (
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="profiles/cpu.parquet")
+    ap.add_argument("--profile", default="benchmarks/data/cpu-160.parquet")
     ap.add_argument("--holdout", type=int, default=30)
     ap.add_argument("--draws", type=int, default=3)
     args = ap.parse_args()

@@ -2,8 +2,9 @@
 
 Budgets are fractions (0.5, 0.7, 0.85) of the parent's *measured* decode_ms (median of the
 reference timings in the profile). Every strategy runs through `latprune search` itself
-(same predictor, same verification): the winner's held-out perplexity and measured latency,
-and the number of on-device timings used (finalists x 3 rounds, each paired with the parent).
+(same predictor, same budget-directed refinement, same verification), without recovery: the
+winner's zero-shot held-out perplexity, its measured latency as a share of the budget, and the
+on-device timings used (refinement + verification, each paired with the parent).
 """
 
 from __future__ import annotations
@@ -27,38 +28,45 @@ STRATEGIES = {"nas": 3, "random": 3, "uniform": 1, "layers": 1}  # strategy -> f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="profiles/cpu.parquet")
+    ap.add_argument("--profile", default="benchmarks/data/cpu-160.parquet")
+    ap.add_argument("--predictor", default="out/predictors/cpu-160", help="fitted on --profile")
     ap.add_argument("--evaluations", type=int, default=60)
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
     ap.add_argument("--work", default="out/bench_search")
     args = ap.parse_args()
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     rows = []
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     for fraction in [float(f) for f in args.fractions.split(",")]:
         budget = round(fraction * parent_ms, 2)
         for strategy, finalists in STRATEGIES.items():
             out = Path(args.work) / f"{fraction}-{strategy}"
-            opts = SearchOptions(budget, evaluations=args.evaluations, strategy=strategy, finalists=finalists)
+            opts = SearchOptions(budget, evaluations=args.evaluations, strategy=strategy, finalists=finalists,
+                                 recover_minutes=0, finalist_steps=0)
+            record = Path(args.work) / f"{fraction}-{strategy}.parquet"  # refinement refits on the profile's rows
+            shutil.copyfile(args.profile, record)  # + its own timings: no row reuses another's
             try:
-                s = search("default", "cpu", opts, out, profile_record=Path(args.work) / "verify.parquet")
-                w = s["winner"]
+                s = search("default", "cpu", opts, out, predictor=args.predictor, profile_record=record)
+                w, use = s["winner"], s["budget_use"]
                 rows.append((fraction, budget, strategy, w["describe"], w["heldout_perplexity"],
                              w["measured"]["decode_ms"], s["speedup"]["decode_ms"]["measured"],
-                             s["speedup"]["decode_ms"]["predicted"], s["evaluations"], s["device_measurements"]))
+                             s["speedup"]["decode_ms"]["predicted"], s["evaluations"],
+                             f"{use['in_refinement']} + {use['in_verification']}", use["measured_over_budget"]))
             except LatpruneError as exc:
                 rows.append((fraction, budget, strategy, f"failed: {exc}", float("nan"), float("nan"),
-                             float("nan"), float("nan"), 0, 0))
+                             float("nan"), float("nan"), 0, "0", float("nan")))
             print(rows[-1], flush=True)
             shutil.rmtree(out / "onnx", ignore_errors=True)
     lines = [f"Parent measured decode_ms (median of the profile's reference timings): {parent_ms:.2f} ms. "
              f"Evaluations per search: {args.evaluations}. Metric: decode_ms (one token with a 128-token cache).", "",
-             "| budget | strategy | winner | held-out ppl | measured decode | speedup measured / predicted | "
-             "evaluations | device timings |", "|---|---|---|---|---|---|---|---|"]
-    for f, b, strat, desc, ppl, ms, sm, sp, ev, dm in rows:
+             "| budget | strategy | winner | held-out ppl (zero-shot) | measured decode | budget used | "
+             "speedup measured / predicted | evaluations | device timings (refinement + verification) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f, b, strat, desc, ppl, ms, sm, sp, ev, dm, used in rows:
         best = min(r[4] for r in rows if r[0] == f)
         mark = "**" if ppl == best else ""
         lines.append(f"| {f:.2f}x = {b:.2f} ms | {strat} | {desc} | {mark}{ppl:.2f}{mark} | {ms:.2f} ms | "
-                     f"{sm:.2f}x / {sp:.2f}x | {ev} | {dm} |")
+                     f"{used:.1%} | {sm:.2f}x / {sp:.2f}x | {ev} | {dm} |")
     (Path(args.work) / "rows.json").write_text(json.dumps(rows))
     print(_common.write_markdown("search_vs_baselines", "Search vs baselines", "\n".join(lines)))
 

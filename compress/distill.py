@@ -6,6 +6,8 @@ Loss = T^2 * KL(teacher_T || student_T) (forward KL on temperature-softened logi
        a fraction of the memory traffic over the 49k-token vocabulary.
 The token embedding (and the output head tied to it) stays frozen unless `train_embedding`:
 faster steps, and a short recovery on one text cannot bend the shared vocabulary towards it.
+Forward passes are autocast to bfloat16 where the CPU has it natively (`fast_bf16`); weights,
+optimizer state and the loss stay fp32. The defaults: benchmarks/results/recovery_settings.md.
 AdamW, linear warm-up then cosine decay, gradient accumulation, a fixed token budget
 (steps x batch x accumulation x window). Batches are a pure function of (seed, step), so a
 run resumed from a checkpoint continues exactly as an uninterrupted one would.
@@ -109,10 +111,11 @@ KD_CHUNK = 64  # token rows per chunk of the fused loss: a few MB of logits each
 
 
 class KDLoss(torch.autograd.Function):
-    """T^2 x mean per-token KL(teacher_T || student_T) + lm_weight x mean next-token CE, over
-    flat logits [N, V]; `targets` [N] holds each row's next token, -1 where none. The gradient with respect to
-    the student's logits is written in the forward pass, chunk by chunk:
-    T (p_student_T - p_teacher_T) / N + lm_weight (p_student - onehot) / M."""
+    """T^2 x mean per-token KL(teacher_T || student_T) + lm_weight x mean next-token CE over
+    flat logits [N, V]; `targets` [N] holds each row's next token, -1 where there is none (M
+    rows have one). The gradient with respect to the student's logits is written in the
+    forward pass, chunk by chunk: T (p_student_T - p_teacher_T) / N + lm_weight (p_student -
+    onehot) / M."""
 
     @staticmethod
     def forward(ctx, s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tensor, temperature: float,
