@@ -130,17 +130,16 @@ class KDLoss(torch.autograd.Function):
             log_t = torch.log_softmax(t_logits[i:i + KD_CHUNK] / t, -1)
             p_t = log_t.exp()
             kl += float((p_t * (log_t - log_s)).sum())
-            if lm_weight:  # before log_s is exponentiated in place below
+            torch.sub(log_s.exp(), p_t, out=g).mul_(t / n)
+            if lm_weight:  # rows with a next token: CE and its gradient p - onehot
                 tgt = targets[i:i + KD_CHUNK]
-                log_p = log_s if t == 1 else torch.log_softmax(s, -1)
                 rows = torch.nonzero(tgt >= 0).squeeze(1)
-                ce -= float(log_p[rows, tgt[rows]].sum())
-                ce_grad = log_p.exp()
-                ce_grad[rows, tgt[rows]] -= 1
-                ce_grad[tgt < 0] = 0
-            torch.sub(log_s.exp_(), p_t, out=g).mul_(t / n)
-            if lm_weight:
-                g.add_(ce_grad, alpha=lm_weight / m)
+                log_p = (log_s if t == 1 else torch.log_softmax(s, -1))[rows]
+                picked = torch.arange(len(rows)), tgt[rows]
+                ce -= float(log_p[picked].sum())
+                ce_grad = log_p.exp_()
+                ce_grad[picked] -= 1
+                g.index_add_(0, rows, ce_grad, alpha=lm_weight / m)
         ctx.save_for_backward(grad)
         return s_logits.new_tensor(t * t * kl / n + (lm_weight * ce / m if lm_weight else 0.0))
 
