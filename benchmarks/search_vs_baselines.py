@@ -35,9 +35,10 @@ def main() -> None:
     ap.add_argument("--work", default="out/bench_search")
     args = ap.parse_args()
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
-    rows = []
+    fractions = [float(f) for f in args.fractions.split(",")]
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    for fraction in [float(f) for f in args.fractions.split(",")]:
+    rows = kept_rows(Path(args.work) / "rows.json", fractions)
+    for fraction in fractions:
         budget = round(fraction * parent_ms, 2)
         for strategy, finalists in STRATEGIES.items():
             out = Path(args.work) / f"{fraction}-{strategy}"
@@ -56,7 +57,9 @@ def main() -> None:
                 rows.append((fraction, budget, strategy, f"failed: {exc}", float("nan"), float("nan"),
                              float("nan"), float("nan"), 0, "0", float("nan")))
             print(rows[-1], flush=True)
+            (Path(args.work) / "rows.json").write_text(json.dumps(rows))
             shutil.rmtree(out / "onnx", ignore_errors=True)
+    rows.sort(key=lambda r: (r[0], list(STRATEGIES).index(r[2])))
     lines = [f"Parent measured decode_ms (median of the profile's reference timings): {parent_ms:.2f} ms. "
              f"Evaluations per search: {args.evaluations}. Metric: decode_ms (one token with a 128-token cache).", "",
              "| budget | strategy | winner | held-out ppl (zero-shot) | measured decode | budget used | "
@@ -67,8 +70,18 @@ def main() -> None:
         mark = "**" if ppl == best else ""
         lines.append(f"| {f:.2f}x = {b:.2f} ms | {strat} | {desc} | {mark}{ppl:.2f}{mark} | {ms:.2f} ms | "
                      f"{used:.1%} | {sm:.2f}x / {sp:.2f}x | {ev} | {dm} |")
-    (Path(args.work) / "rows.json").write_text(json.dumps(rows))
+    kept = sorted({r[0] for r in rows} - set(fractions))
+    if kept:
+        lines += ["", f"Rows at {', '.join(f'{f:g}x' for f in kept)}: from an earlier run of this script in the same "
+                  "--work folder (its saved rows.json), with the same profile and predictor."]
     print(_common.write_markdown("search_vs_baselines", "Search vs baselines", "\n".join(lines)))
+
+
+def kept_rows(saved: Path, fractions: list[float]) -> list:
+    """The rows of an earlier run in the same --work folder at the fractions not rerun now."""
+    if not saved.is_file():
+        return []
+    return [row for row in json.loads(saved.read_text()) if row[0] not in fractions]
 
 
 if __name__ == "__main__":

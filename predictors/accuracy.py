@@ -57,7 +57,8 @@ def repeatability_by_band(timings: pd.DataFrame, metric: str, parent_ms: float) 
             for label, sel in _bands(np.array(share))}
 
 
-def format_band_table(rows: dict[str, dict[str, dict[str, float]]], split: str = "5-fold CV",
+def format_band_table(rows: dict[str, dict[str, dict[str, float]]],
+                      split: str = "5-fold CV, against each architecture's median timing",
                       ceiling: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
     """Markdown table: rows[metric][band] = accuracy dict; with `ceiling[metric][band]`
     (`repeatability_by_band`), the labels' own test-retest agreement beside it."""

@@ -20,7 +20,7 @@ from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.files import PREDICTOR_MARKER, atomic_dir, check_out
 from latprune.models import config_from_dict
-from latprune.profiling.dataset import TRAINING_ROLES, read_profile, reference_rows, usable_rows
+from latprune.profiling.dataset import REPEAT_ROLES, TRAINING_ROLES, read_profile, reference_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
@@ -59,10 +59,12 @@ def _training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], p
 
 
 def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
-                folds: int, rng: np.random.Generator, parent_ms: float | None) -> tuple[Any, dict, dict]:
+                folds: int, rng: np.random.Generator, parent_ms: float | None, truth: np.ndarray,
+                ) -> tuple[Any, dict, dict]:
     """The surrogate of one metric fitted on every row, widened by its cross-validated
-    under-prediction; with its k-fold CV and held-out accuracy, and the CV accuracy by band
-    of latency relative to the parent's (empty without a parent timing)."""
+    under-prediction; with its k-fold CV and held-out accuracy against the rows' own timings,
+    and the CV accuracy by band of latency relative to the parent's against `truth` (each
+    row's median over repeated timings, `_repeat_medians`; empty without a parent timing)."""
     train, hold = split
     oof = np.empty(len(train))
     for fold in _split_folds(len(train), folds, rng):
@@ -74,7 +76,22 @@ def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: t
     final = SURROGATES[kind](metric).fit(f, y)
     under = y[train] / oof - 1  # > 0: the prediction was too low
     final.cv_under = float(max(0.0, np.quantile(under, 0.9)))
-    return final, acc, accuracy_by_band(y[train], oof, parent_ms) if parent_ms else {}
+    return final, acc, accuracy_by_band(truth[train], oof, parent_ms) if parent_ms else {}
+
+
+def _timed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every good timing of a sub-network: samples, refinement, verification and re-test rows."""
+    return frame[frame.role.isin((*TRAINING_ROLES, *REPEAT_ROLES)) & (frame.status == "ok")
+                 & ~frame.drift_flag.astype(bool)]
+
+
+def _repeat_medians(frame: pd.DataFrame, rows: pd.DataFrame, metric: str) -> np.ndarray:
+    """`metric` of each training row, replaced by the median of every timing of its
+    architecture at its workload where the profile has more than one (a single timing can be
+    an outlier the predictor rightly disagrees with); the reference row keeps its own."""
+    medians = _timed(frame).groupby(["arch_id", "workload"])[metric].median()
+    keys = pd.MultiIndex.from_frame(rows[["arch_id", "workload"]])
+    return medians.reindex(keys).fillna(pd.Series(rows[metric].to_numpy(float), index=keys)).to_numpy(float)
 
 
 def _repeatability(frame: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
@@ -82,8 +99,7 @@ def _repeatability(frame: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
     verification rows of one architecture, one workload), by band, per metric."""
     if refs.empty:
         return {}
-    timed = frame[frame.role.isin((*TRAINING_ROLES, "verify")) & (frame.status == "ok")
-                  & ~frame.drift_flag.astype(bool)]
+    timed = _timed(frame)
     timed = timed[timed.workload == refs.workload.iloc[0]]
     return {m: r for m in METRICS if (r := repeatability_by_band(timed, m, float(refs[m].iloc[0])))}
 
@@ -139,7 +155,8 @@ class Predictor:
         for metric in METRICS:
             parent_ms = float(refs[metric].iloc[0]) if not refs.empty else None
             surrogates[metric], acc[metric], bands[metric] = _fit_metric(
-                kind, metric, f, rows[metric].to_numpy(float), split, folds=folds, rng=rng, parent_ms=parent_ms)
+                kind, metric, f, rows[metric].to_numpy(float), split, folds=folds, rng=rng, parent_ms=parent_ms,
+                truth=_repeat_medians(frame, rows, metric))
         meta = _metadata(first, rows, counts, refs, kind=kind, acc=acc, seed=seed)
         meta["accuracy_by_band"] = {m: b for m, b in bands.items() if b}
         meta["repeatability_by_band"] = _repeatability(frame, refs)

@@ -18,6 +18,7 @@ SCHEMA_VERSION = 2  # 2: paired timing (ratio to the reference, raw and baseline
 META_KEY = b"latprune_profile_schema"
 STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
 TRAINING_ROLES = ("sample", "refine")  # rows a predictor learns from (plus the reference)
+REPEAT_ROLES = ("verify", "retest")  # re-timings, not trained on: with the above, an architecture's median timing
 
 
 def stat_column(metric: str, stat: str) -> str:

@@ -110,6 +110,31 @@ def test_refinement_rows_train_the_predictor_and_verification_rows_do_not():
     assert set(rows.role) == {"sample", "refine"}
 
 
+def test_band_accuracy_is_against_the_median_of_repeated_timings():
+    from latprune.predictors.predictor import _repeat_medians
+
+    frame = synthetic_profile(60)
+    ref = frame.iloc[frame.decode_ms.argmax()]
+    reference = frame.iloc[[frame.decode_ms.argmax()]].assign(role="reference", decode_raw_ms=ref.decode_ms,
+                                                               prefill_raw_ms=ref.prefill_ms)
+    mid = frame.index[(frame.decode_ms / ref.decode_ms).between(0.4, 0.9)][0]
+    truth = float(frame.decode_ms[mid])
+    frame.loc[mid, "decode_ms"] = truth * 1.3  # one sample timing is an outlier...
+    retimed = frame.loc[[mid] * 3].assign(role="verify", decode_ms=[truth * 0.99, truth, truth * 1.01])  # ...re-timed
+    single = Predictor.fit(pd.concat([frame, reference], ignore_index=True))
+    repeated = Predictor.fit(pd.concat([frame, reference, retimed], ignore_index=True))
+    rows = pd.concat([frame, reference], ignore_index=True)
+    medians = _repeat_medians(pd.concat([rows, retimed], ignore_index=True), rows, "decode_ms")
+    assert medians[mid] == pytest.approx(truth * 1.005) and (medians[:mid] == rows.decode_ms[:mid]).all()
+    assert medians[-1] == ref.decode_ms  # the reference row keeps its own timing
+    # verification rows do not train: the same predictions, scored against the median instead of the outlier
+    assert single.meta["accuracy"] == repeated.meta["accuracy"]
+    within = lambda p: round(p.meta["accuracy_by_band"]["decode_ms"][ABOVE_LABEL]["within_10pct"] * n)  # noqa: E731
+    n = single.meta["accuracy_by_band"]["decode_ms"][ABOVE_LABEL]["n"]
+    assert repeated.meta["accuracy_by_band"]["decode_ms"][ABOVE_LABEL]["n"] == n
+    assert within(repeated) == within(single) + 1  # the outlier was a miss; against its median it is not
+
+
 def test_repeatability_is_each_timing_against_the_median_of_its_repeats():
     from latprune.predictors.accuracy import format_band_table, repeatability_by_band
 
