@@ -38,7 +38,7 @@ from latprune.errors import LatpruneError
 from latprune.models import load_config, model_identity
 from latprune.profiling.verify import DeviceSession
 from latprune.search.pipeline import parent_measured
-from latprune.search.recovery import recover, select_by_recovery
+from latprune.search.recovery import rank_by_recovery, recover, select_by_recovery
 from latprune.search.refine import refine_on_device
 from latprune.search.workflow import SearchOptions, candidates, passing_finalists, prepare, verify_finalists
 from latprune.text import heldout_windows, second_windows
@@ -51,12 +51,13 @@ WINDOWS = 40
 def run_row(prep, record: Path, minutes: float) -> dict:
     """Search, refine, verify, choose and recover within `minutes` of wall time; the winner's figures."""
     t0, c0 = time.perf_counter(), time.process_time()
-    cands = candidates(prep, progress=False)
+    cands, tried = rank_by_recovery(prep, candidates(prep, progress=False), progress=False)
     with DeviceSession(prep.ranked.model.config, prep.device, prep.workload, record,
                        baseline=prep.predictor.baseline(prep.workload)) as session:
         refinement, cands = refine_on_device(prep, cands, session, progress=False)
         verified, preferred = verify_finalists(prep, cands, session, refinement, progress=False)
-    winner, child, selection = select_by_recovery(prep, passing_finalists(prep, verified, preferred), progress=False)
+    winner, child, selection = select_by_recovery(prep, passing_finalists(prep, verified, preferred), progress=False,
+                                                  tried=tried)
     child = child if child is not None else prep.ranked.extract(winner)
     left = minutes - (time.perf_counter() - t0) / 60
     info = recover(dataclasses.replace(prep, opts=dataclasses.replace(prep.opts, recover_minutes=max(left, 0.0))),

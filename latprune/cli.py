@@ -310,8 +310,10 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                    help="candidates verified on the device (3 paired rounds each), plus the best safe one as a "
                         "fallback; nothing over budget on the device wins (default %(default)s)")
     p.add_argument("--finalist-steps", type=_integer(0), default=_option_default("finalist_steps"),
-                   help="distillation steps each passing finalist gets before the winner is chosen by its quality "
-                        "after them (default %(default)s; 0: choose by zero-shot perplexity)")
+                   help="distillation steps that 2 x --finalists candidates near the budget (the search's best "
+                        "and sub-networks of other depths) get before any device timing, so refinement and the "
+                        "finalists take the best after them first; the winner is the passing finalist best after "
+                        "them (default %(default)s; 0: zero-shot perplexity throughout)")
 
 
 def _evaluations_arg(p: argparse.ArgumentParser) -> None:

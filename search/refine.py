@@ -3,15 +3,15 @@
 The search rounds leave a pool of evaluated candidates. Those whose predicted median lies in
 `BAND` of the limit (the budget less the user's margin) are the ones worth a measurement:
 their predicted interval straddles the budget, and they would spend it. The best of them
-(calibration perplexity) is timed on the device, paired with the parent; the row joins the
-profile, the predictor is refitted on it, and the next candidate is chosen with the refitted
-predictor. When no candidate is left in the band, a band round (the search's own strategy,
-the predicted median held inside BAND) looks for more. It stops once `opts.finalists`
-candidates have *landed* (measured within `BAND` of the limit; its top leaves headroom for
-verification's noise), when even a band round finds none, or when the allowance
-(`opts.device_measurements`) is spent. Candidates the
-profile already holds refinement timings of (an interrupted or earlier search) count as
-measured without spending the allowance, so a rerun continues where it stopped.
+(`by_rank`: perplexity after a short distillation, then zero-shot) is timed on the device,
+paired with the parent; the row joins the profile, the predictor is refitted on it, and the
+next candidate is chosen with the refitted predictor. When no candidate is left in the band,
+a band round (the search's own strategy, the predicted median held inside BAND) looks for
+more. It stops once `opts.finalists` candidates have *landed* (measured within `BAND` of the
+limit; its top leaves headroom for verification's noise), when even a band round finds none,
+or when the allowance (`opts.device_measurements`) is spent. Candidates the profile already
+holds refinement timings of (an interrupted or earlier search) count as measured without
+spending the allowance, so a rerun continues where it stopped.
 
 The device and the refit are passed in as functions, so the logic is the same for every
 device and testable with a scripted one.
@@ -69,6 +69,14 @@ class Refinement:
         return [i for i, ms in self.measured.items() if ms <= BAND[1] * limit]
 
 
+def by_rank(cands: pd.DataFrame) -> pd.DataFrame:
+    """Candidates best first: those given a short distillation by their perplexity after it
+    (column `recovered_perplexity`, when present), then the others by zero-shot calibration
+    perplexity."""
+    keys = ["recovered_perplexity", "perplexity"] if "recovered_perplexity" in cands else ["perplexity"]
+    return cands.sort_values(keys, kind="stable", na_position="last")
+
+
 def next_candidate(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: SearchOptions,
                    done: set[str]) -> Architecture | None:
     """The best-perplexity unmeasured candidate of `pool` whose predicted median lies in
@@ -79,7 +87,7 @@ def next_candidate(pool: pd.DataFrame, predictor: Predictor, workload: Workload,
     archs = [Architecture.from_json(j) for j in rest.arch_json]
     median = predictor.predict(archs, workload)[opts.metric].to_numpy()
     inside = (median >= BAND[0] * opts.limit_ms) & (median <= BAND[1] * opts.limit_ms)
-    picked = rest[inside].sort_values("perplexity", kind="stable")
+    picked = by_rank(rest[inside])
     return None if picked.empty else Architecture.from_json(picked.arch_json.iloc[0])
 
 
@@ -159,7 +167,7 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
                         refit=lambda: _refit(prep, session))
     finally:
         bar.close()
-    pool = result.pool.sort_values("perplexity", kind="stable")
+    pool = by_rank(result.pool)
     pool[f"refine_{m}"] = pool.arch_id.map(result.measured)
     return result, pool
 

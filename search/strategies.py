@@ -56,6 +56,21 @@ def recipe_family(ev: Evaluator) -> list[Architecture]:
     return _family(ev, KEEP_RECIPE)
 
 
+def depth_family(ev: Evaluator, low_ms: float, high_ms: float) -> list[Architecture]:
+    """For each depth (shallowest first): all heads and the full hidden size, with the widest
+    MLP whose predicted median `ev.metric` lies in [low_ms, high_ms]; depths where no MLP
+    width does are left out. The trade of depth against MLP width at one latency."""
+    space, order = ev.ranked.space, ev.ranked.ranking.layer_order
+    full = {k: v[-1] for k, v in space.choices().items()}
+    out = []
+    for depth in space.choices()["layers"]:
+        archs = [space.from_values({**full, "layers": depth, "mlp": m}, order) for m in space.mlp_choices]
+        median = ev.predicted(archs)[ev.metric].to_numpy()
+        inside = [a for a, ms in zip(archs, median) if low_ms <= ms <= high_ms]
+        out += inside[-1:]
+    return out
+
+
 def run_strategy(ev: Evaluator, strategy: str, evaluations: int, seed: int, optimizer: str = DEFAULT_OPTIMIZER,
                  progress=None) -> None:
     """Evaluate candidates with `strategy`; results accumulate in `ev.records`."""

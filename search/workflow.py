@@ -40,8 +40,8 @@ from latprune.workload import METRICS, Workload
 from .evaluate import SEARCH_WINDOWS, Evaluator
 from .options import SearchOptions
 from .pareto import pareto_front, spread
-from .recovery import recover, select_by_recovery
-from .refine import Refinement, refine_on_device
+from .recovery import rank_by_recovery, recover, select_by_recovery
+from .refine import Refinement, by_rank, refine_on_device
 from .strategies import run_strategy
 
 HELDOUT_WINDOWS = 40
@@ -157,7 +157,7 @@ def pick_finalists(prep: Prepared, cands: pd.DataFrame, refinement: Refinement) 
     opts, limit = prep.opts, prep.opts.limit_ms
     landed = set(refinement.landed(limit))
     near = cands[cands.arch_id.isin(refinement.under(limit))]
-    near = near.assign(_later=~near.arch_id.isin(landed)).sort_values(["_later", "perplexity"], kind="stable")
+    near = by_rank(near).assign(_later=~near.arch_id.isin(landed)).sort_values("_later", kind="stable")
     near = near.head(opts.finalists)
     safe = cands[(cands.bound == "upper") & ~cands.arch_id.isin(near.arch_id)].head(1 if len(near) else opts.finalists)
     validate = prep.ranked.space.validate
@@ -235,13 +235,15 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
         return answer
     cands = candidates(prep, progress)
     search_s = time.perf_counter() - prep.started
+    cands, tried = rank_by_recovery(prep, cands, progress)
     with DeviceSession(prep.ranked.model.config, prep.device, prep.workload,
                        profile_record or default_profile(prep.device.name),
                        baseline=prep.predictor.baseline(prep.workload)) as session:
         refinement, cands = refine_on_device(prep, cands, session, progress)
         verified, preferred = verify_finalists(prep, cands, session, refinement, progress)
     passing = passing_finalists(prep, verified, preferred)
-    winner, selected, selection = select_by_recovery(prep, passing, progress)
+    winner, selected, selection = select_by_recovery(prep, passing, progress, tried)
+    del tried  # the other distilled candidates
     result = SearchResult(prep, cands, verified, winner, prep.ranked.extract(winner), search_s, refinement)
     result.measure_quality("before_recovery")
     if selected is not None:

@@ -244,6 +244,74 @@ def test_recovery_aware_choice_takes_the_best_after_equal_short_distillation(set
     assert recovery.select_by_recovery(prep, archs, progress=False) == (archs[0], None, {})
 
 
+def test_depth_family_trades_depth_for_the_widest_mlp_in_the_band():
+    from types import SimpleNamespace
+
+    from latprune.search.evaluate import Evaluator
+    from latprune.search.strategies import depth_family
+
+    space = smol_like_space()
+    ranked = SimpleNamespace(space=space, ranking=SimpleNamespace(layer_order=list(range(30))))
+    predictor = Predictor.fit(synthetic_profile(40), "roofline")
+    limit = budget_at(predictor, ranked, 0.6)
+    ev = Evaluator(ranked, predictor, None, Workload(), "decode_ms", limit)
+    family = depth_family(ev, 0.95 * limit, limit)
+    depths = [a.num_layers for a in family]
+    assert len(family) >= 3 and depths == sorted(set(depths))
+    full = {k: v[-1] for k, v in space.choices().items()}
+    for arch in family:
+        values = space.values_of(arch)
+        assert {**values, "layers": 0, "mlp": 0} == {**full, "layers": 0, "mlp": 0}  # every head, full hidden size
+        assert 0.95 * limit <= ev.prediction(arch).decode_ms <= limit
+        wider = [m for m in space.mlp_choices if m > values["mlp"]]
+        if wider:  # the widest MLP that stays in the band
+            above = space.from_values({**values, "mlp": wider[0]}, ranked.ranking.layer_order)
+            assert ev.prediction(above).decode_ms > limit
+    assert family[0].mlp[0] > family[-1].mlp[0]  # shallower, wider
+
+
+def test_candidates_of_other_depths_get_the_short_distillation_before_the_device(setup, monkeypatch):
+    import latprune.compress.distill as distill_module
+    import latprune.search.recovery as recovery
+    from latprune.search.refine import by_rank
+    from latprune.search.workflow import Prepared
+
+    ranked, predictor, windows = setup
+    limit = budget_at(predictor, ranked, 0.9)
+    distilled = []
+
+    def fake_distill(child, teacher, train, cfg, checkpoint=None, progress=True):
+        distilled.append(child.config.num_hidden_layers)
+        return child
+
+    monkeypatch.setattr(distill_module, "distill", fake_distill)
+    monkeypatch.setattr(recovery, "calibration_windows", lambda *a, **k: windows)
+    monkeypatch.setattr(recovery, "perplexity", lambda child, w: 1e7 / child.num_parameters())  # larger: better
+    monkeypatch.setattr(recovery, "BAND", (0.5, 1.0))  # a band the tiny space's coarse steps can land in
+    opts = SearchOptions(limit, finalists=2, finalist_steps=3, evaluations=8)
+    prep = Prepared(None, predictor, Workload(), ranked, opts)
+    cands = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, bound="median").frame()
+    ranked_cands, tried = recovery.rank_by_recovery(prep, cands, progress=False)
+    assert 2 <= len(tried.models) <= 4 and len(distilled) == len(tried.models)
+    assert len(set(distilled)) >= 2  # not only the depth zero-shot perplexity prefers
+    assert set(cands.arch_id) <= set(ranked_cands.arch_id)  # the depth family joins the candidates
+    shown = ranked_cands.recovered_perplexity.notna()
+    assert shown.sum() == len(tried.models) and shown.iloc[:len(tried.models)].all()  # tried ones first...
+    assert ranked_cands.recovered_perplexity.iloc[:len(tried.models)].is_monotonic_increasing  # ...best first
+    assert ranked_cands.equals(by_rank(ranked_cands))
+    # a tried finalist is not distilled again; an untried one gets the same steps, then the best wins
+    first = Architecture.from_json(ranked_cands.arch_json.iloc[0])
+    other = Architecture.from_json(ranked_cands[~shown].arch_json.iloc[0])
+    distilled.clear()
+    winner, child, info = recovery.select_by_recovery(prep, [other, first], progress=False, tried=tried)
+    assert distilled == [other.num_layers] and info["steps_each"] == 3
+    best = min((other, first), key=lambda a: tried.models[a.id][0])
+    assert winner == best and child is tried.models[best.id][1] and other.id != first.id
+    monkeypatch.setattr(recovery.Tried, "add", lambda *a, **k: pytest.fail("no distillation expected"))
+    assert recovery.select_by_recovery(prep, [first], progress=False, tried=tried)[:2] == \
+        (first, tried.models[first.id][1])  # a single finalist: its distilled model, no further steps
+
+
 class ScriptedSession:
     """A device session whose paired ratios are scripted per architecture id."""
 
