@@ -112,7 +112,7 @@ def rank_by_recovery(prep: Prepared, cands: pd.DataFrame, progress: bool = True)
         return cands, tried
     cands, picked = shortlist(cands, prep, progress)
     tried.add(prep, picked, progress)
-    cands = cands.assign(recovered_perplexity=cands.arch_id.map(lambda i: tried.models.get(i, (None,))[0]))
+    cands = cands.assign(recovered_perplexity=[tried.models.get(i, (float("nan"),))[0] for i in cands.arch_id])
     return by_rank(cands), tried
 
 
