@@ -6,8 +6,10 @@ this CPU: search against the predictor, refinement and verification on the devic
 distillation from the parent for whatever time is left. Strategies:
 
   nas-zero-shot   NAS; the winner chosen by zero-shot calibration perplexity, then distilled
-  nas-recovery    NAS; each passing finalist distilled for the same few steps, the best then
-                  wins and is distilled further (latprune's default)
+  nas-recovery    NAS with the recovery-aware ranking: a shortlist near the budget (with
+                  sub-networks of other depths) distilled for the same few steps before
+                  any device timing, the best passing finalist after them then distilled
+                  further (latprune's default)
   layers          layer dropping by importance, then the same distillation
   uniform         every width and the depth scaled by one factor, then the same distillation
 
