@@ -95,8 +95,8 @@ def _repeat_medians(frame: pd.DataFrame, rows: pd.DataFrame, metric: str) -> np.
 
 
 def _repeatability(frame: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
-    """Test-retest agreement of the profile's repeated timings (samples, refinement and
-    verification rows of one architecture, one workload), by band, per metric."""
+    """Test-retest agreement of the profile's repeated timings (`_timed` rows of one
+    architecture, one workload), by band, per metric."""
     if refs.empty:
         return {}
     timed = _timed(frame)

@@ -79,7 +79,7 @@ def by_rank(cands: pd.DataFrame) -> pd.DataFrame:
 
 def next_candidate(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: SearchOptions,
                    done: set[str]) -> Architecture | None:
-    """The best-perplexity unmeasured candidate of `pool` whose predicted median lies in
+    """The best (`by_rank`) unmeasured candidate of `pool` whose predicted median lies in
     BAND x the limit, or None."""
     rest = pool[~pool.arch_id.isin(done)]
     if rest.empty:
