@@ -24,6 +24,7 @@ from latprune.compress.distill import DistillConfig, distill
 from latprune.compress.quality import perplexity, quality_report
 from latprune.compress.ranked import WINDOW, rank_model
 from latprune.search.evaluate import SEARCH_WINDOWS
+from latprune.search.recovery import short_distillation
 from latprune.text import calibration_windows, heldout_windows, second_windows
 
 ARCHS = {  # name -> (layers, kv_groups, q_per_kv, mlp, hidden)
@@ -43,7 +44,7 @@ def score(ranked, values: tuple, windows: dict, steps: int) -> dict:
     row = {"arch": arch.describe(), "params": ranked.space.num_params(arch),
            "zero_shot": {"calibration_perplexity": perplexity(zero, windows["calib"]),
                          **quality_report(zero, ranked.model, windows["held"], windows["second"])}}
-    short = DistillConfig(steps=SHORT_STEPS, warmup=max(1, SHORT_STEPS // 3))  # as the search's ranking does
+    short = short_distillation(SHORT_STEPS)  # the search's own ranking configuration
     row["short"] = perplexity(distill(ranked.extract(arch), ranked.model, windows["train"], short, progress=False),
                               windows["calib"])
     t0 = time.perf_counter()

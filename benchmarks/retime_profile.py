@@ -22,24 +22,24 @@ import argparse
 import statistics
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.models import load_config
-from latprune.profiling.dataset import ProfileWriter, baseline, read_profile, usable_rows
+from latprune.profiling.dataset import TRAINING_ROLES, ProfileWriter, baseline, read_profile, usable_rows
 from latprune.profiling.devices import get_device
 from latprune.profiling.run import Profiler
 from latprune.workload import Workload
 
 
-def plan(profile: str, metric: str, above: float, passes: int) -> list[Architecture]:
+def plan(frame: pd.DataFrame, metric: str, above: float, passes: int) -> list[Architecture]:
     """The architectures still to re-time, each as often as it lacks retest rows, shuffled."""
-    frame = read_profile(profile)
     rows, _ = usable_rows(frame)
     scale = baseline(frame, workload=rows.workload.iloc[0])
     if scale is None:
-        raise LatpruneError(f"{profile} has no reference row to scale re-timings by")
+        raise LatpruneError("it has no reference row to scale re-timings by")
     chosen = rows[rows[metric] >= above * scale[metric]].drop_duplicates("arch_id")
     done = frame[frame.role == "retest"].arch_id.value_counts()
     todo = [Architecture.from_json(r.arch_json) for r in chosen.itertuples()
@@ -57,10 +57,10 @@ def main() -> None:
     if args.passes < 1 or not 0 <= args.above <= 1:
         ap.error("--passes must be at least 1 and --above between 0 and 1")
     try:
-        todo = plan(args.profile, args.metric, args.above, args.passes)
+        frame = read_profile(args.profile)
+        todo = plan(frame, args.metric, args.above, args.passes)
     except LatpruneError as exc:
-        ap.error(f"--profile: {exc}")
-    frame = read_profile(args.profile)
+        ap.error(f"--profile {args.profile}: {exc}")
     first = frame[frame.role == "reference"].iloc[0]
     writer = ProfileWriter(args.profile)
     changes = []
@@ -75,7 +75,7 @@ def main() -> None:
                     print(f"{arch.describe()}: {row['error']}", flush=True)
                     continue
                 writer.append(row)
-                before = frame[(frame.arch_id == arch.id) & frame.role.isin(("sample", "refine"))][args.metric]
+                before = frame[(frame.arch_id == arch.id) & frame.role.isin(TRAINING_ROLES)][args.metric]
                 changes.append(row[args.metric] / float(before.iloc[0]) - 1)
         finally:
             prof.close()

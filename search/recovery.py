@@ -80,6 +80,14 @@ def _with_depth_family(prep: Prepared, cands: pd.DataFrame, low: float, high: fl
     return cands, family
 
 
+def short_distillation(steps: int, seed: int = 0):
+    """The `DistillConfig` of the short distillation candidates get before the winner is
+    chosen: `steps` steps, a third of them warm-up."""
+    from latprune.compress.distill import DistillConfig
+
+    return DistillConfig(steps=steps, warmup=max(1, steps // 3), seed=seed)
+
+
 @dataclass
 class Tried:
     """Sub-networks given the same short distillation (`opts.finalist_steps` steps): id ->
@@ -90,12 +98,12 @@ class Tried:
 
     def add(self, prep: Prepared, archs: list[Architecture], progress: bool) -> None:
         """Distil those of `archs` not tried yet."""
-        from latprune.compress.distill import DistillConfig, distill
+        from latprune.compress.distill import distill
 
         opts, ranked, t0 = prep.opts, prep.ranked, time.perf_counter()
         train = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, max_windows=None)
         calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
-        cfg = DistillConfig(steps=opts.finalist_steps, warmup=max(1, opts.finalist_steps // 3), seed=opts.seed)
+        cfg = short_distillation(opts.finalist_steps, opts.seed)
         for arch in archs:
             if arch.id not in self.models:
                 child = distill(ranked.extract(arch), ranked.model, train, cfg, progress=progress)
