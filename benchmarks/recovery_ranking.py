@@ -58,6 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=48, help="steps of the longer distillation")
     args = ap.parse_args()
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
     ranked = rank_model("default", progress=False)
     tok, text = ranked.tokenizer, ranked.text
     windows = {"train": calibration_windows(tok, text, WINDOW, max_windows=None),
