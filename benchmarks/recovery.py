@@ -12,13 +12,21 @@ distillation from the parent for whatever time is left. Strategies:
                   further (latprune's default)
   layers          layer dropping by importance, then the same distillation
   uniform         every width and the depth scaled by one factor, then the same distillation
+  supernet        the super-network fine-tuned first (`latprune supernet`, sandwich rule, KD
+                  from the parent; its training time is charged to every row that uses it),
+                  then nas-recovery on its slices
+
+Reference rows (`--references`, on by default): the parent quantized by ONNX Runtime, int8
+dynamic and int4 weight-only, timed paired with its fp32 graph and scored the same way
+(`_quantized.py`).
 
 Per row: the measured decode speedup (paired with the parent), held-out and second-text
 perplexity, KL divergence from and top-1 agreement with the parent (40 windows each), wall
 and CPU minutes. Needs a profile and predictor for `cpu` (e.g. from `latprune run`); each
 row refines on its own copy of that profile, so no row reuses another's device timings.
 
-    python benchmarks/recovery.py --fractions 0.6 --minutes 9
+    python benchmarks/recovery.py --profile benchmarks/data/cpu-160.parquet \
+        --predictor out/predictors/cpu-160 --minutes 6
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from latprune.search.workflow import SearchOptions, candidates, passing_finalist
 from latprune.text import heldout_windows, second_windows
 
 STRATEGIES = {"nas-zero-shot": ("nas", 0), "nas-recovery": ("nas", 6), "layers": ("layers", 6),
-              "uniform": ("uniform", 6)}  # name -> (search strategy, finalist steps)
+              "uniform": ("uniform", 6), "supernet": ("nas", 6)}  # name -> (search strategy, finalist steps)
 WINDOWS = 40
 
 
@@ -73,71 +81,138 @@ def run_row(prep, record: Path, minutes: float) -> dict:
             "child": child}
 
 
+def supernet_cost(work: Path, steps: int) -> tuple[str, dict]:
+    """The super-network of the default parent after `steps` sandwich steps (trained once, in
+    WORK/supernet) and what its training cost, charged to every row that searches it."""
+    from latprune.compress.workflow import supernet
+
+    cost_file = work / "supernet-cost.json"
+    cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    info = supernet("default", work / "supernet", steps=steps, progress=False)
+    if not info["reused"] or cost.get("steps") != steps:
+        cost = {"steps": steps, "wall_min": (time.perf_counter() - t0) / 60, "cpu_min": (time.process_time() - c0) / 60,
+                "full_slice_heldout_perplexity": info["quality"]["full_slice_heldout_perplexity"]}
+        cost_file.write_text(json.dumps(cost, indent=1))
+    return info["folder"], cost
+
+
+def strategy_row(name: str, fraction: float, parent_ms: float, args, work: Path) -> tuple[object, dict]:
+    """Prepare one strategy at one budget and run its row; (prep, row with the child model)."""
+    strategy, steps = STRATEGIES[name]
+    opts = SearchOptions(round(fraction * parent_ms, 2), strategy=strategy, finalist_steps=steps)
+    folder, cost = supernet_cost(work, args.supernet_steps) if name == "supernet" else (None, None)
+    prep = prepare("default", "cpu", opts, predictor=args.predictor, supernet=folder, progress=False)
+    record = work / f"{fraction}-{name}.parquet"  # each row refines from the same profile
+    shutil.copyfile(args.profile, record)
+    try:
+        row = run_row(prep, record, args.minutes - (cost["wall_min"] if cost else 0.0))
+    except LatpruneError as exc:
+        row = {"failed": str(exc)}
+    if cost and "failed" not in row:
+        row.update(wall_min=row["wall_min"] + cost["wall_min"], cpu_min=row["cpu_min"] + cost["cpu_min"],
+                   supernet=cost)
+    return prep, {"fraction": fraction, "budget_ms": opts.latency_ms, "strategy": name, **row}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="profiles/cpu.parquet")
     ap.add_argument("--predictor", default="out/predictors/cpu")
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
-    ap.add_argument("--minutes", type=float, default=9.0, help="wall time per row: search + recovery")
+    ap.add_argument("--minutes", type=float, default=6.0, help="wall time per row: search + recovery")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--supernet-steps", type=int, default=20, help="sandwich steps of the supernet row")
+    ap.add_argument("--no-references", action="store_true", help="skip the quantized reference rows")
     ap.add_argument("--work", default="out/bench_recovery")
     ap.add_argument("--report-only", action="store_true", help="write the results from WORK/rows.json")
     args = ap.parse_args()
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        saved = json.loads((work / "rows.json").read_text())
-        write_results(saved["rows"], saved["parent"], parent_ms, args.minutes)
-        return
-    rows, held, second, parent_quality = [], None, None, None
-    for fraction in [float(f) for f in args.fractions.split(",")]:
-        for name in args.strategies.split(","):
-            strategy, steps = STRATEGIES[name]
-            opts = SearchOptions(round(fraction * parent_ms, 2), strategy=strategy, finalist_steps=steps)
-            prep = prepare("default", "cpu", opts, predictor=args.predictor, progress=False)
+    saved_file = work / "rows.json"
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {"rows": [], "references": []}
+    if not args.report_only:
+        run_all(args, parent_ms, work, saved, saved_file)
+    write_results(saved, parent_ms, args)
+
+
+def run_all(args, parent_ms: float, work: Path, saved: dict, saved_file: Path) -> None:
+    """Every (budget, strategy) row not yet in `saved`, then the reference rows; saved after each."""
+    done = {(r["fraction"], r["strategy"]) for r in saved["rows"]}
+    held = second = None
+    for fraction in [float(f) for f in args.fractions.split(",") if f]:
+        for name in [n for n in args.strategies.split(",") if n]:
+            if (fraction, name) in done:
+                continue
+            prep, row = strategy_row(name, fraction, parent_ms, args, work)
             if held is None:
                 tok, text = prep.ranked.tokenizer, prep.ranked.text
                 held, second = heldout_windows(tok, text, WINDOW, WINDOWS), second_windows(tok, WINDOW, WINDOWS)
-                parent_quality = quality_report(prep.ranked.model, prep.ranked.model, held, second)
-            record = work / f"{fraction}-{name}.parquet"  # each row refines from the same profile
-            shutil.copyfile(args.profile, record)
-            try:
-                row = run_row(prep, record, args.minutes)
+                saved["parent"] = quality_report(prep.ranked.model, prep.ranked.model, held, second)
+            if "child" in row:
                 row["quality"] = quality_report(row.pop("child"), prep.ranked.model, held, second)
-            except LatpruneError as exc:
-                row = {"failed": str(exc)}
-            rows.append({"fraction": fraction, "budget_ms": opts.latency_ms, "strategy": name, **row})
-            print(json.dumps(rows[-1], default=float), flush=True)
-            saved = {"rows": rows, "parent": parent_quality}
-            (work / "rows.json").write_text(json.dumps(saved, default=float, indent=1))
-    write_results(rows, parent_quality, parent_ms, args.minutes)
+            saved["rows"].append(row)
+            print(json.dumps(row, default=float), flush=True)
+            saved_file.write_text(json.dumps(saved, default=float, indent=1))
+    if not args.no_references and not saved["references"]:
+        from _quantized import reference_rows
+
+        prep = prepare("default", "cpu", SearchOptions(parent_ms), predictor=args.predictor, progress=False)
+        tok, text = prep.ranked.tokenizer, prep.ranked.text
+        held, second = heldout_windows(tok, text, WINDOW, WINDOWS), second_windows(tok, WINDOW, WINDOWS)
+        parent = prep.ranked.model
+        saved.setdefault("parent", quality_report(parent, parent, held, second))
+        saved["references"] = reference_rows(parent, prep.device, prep.workload, work,
+                                             lambda model: quality_report(model, parent, held, second))
+        saved_file.write_text(json.dumps(saved, default=float, indent=1))
 
 
-def write_results(rows: list[dict], parent: dict, parent_ms: float, minutes: float) -> None:
+def _row_line(r: dict, rows: list[dict]) -> str:
+    if "failed" in r:
+        return f"| {r['fraction']:.2f}x | {r['strategy']} | failed: {r['failed']} | | | | | | | | |"
+    q = r["quality"]
+    same = [x["quality"] for x in rows if x["fraction"] == r["fraction"] and "quality" in x]
+    best_ppl = min(x["heldout_perplexity"] for x in same)
+    best_kl = min(x["kl_to_parent"] for x in same)
+    ppl = f"{q['heldout_perplexity']:.2f}"
+    kl = f"{q['kl_to_parent']:.3f}"
+    supernet = f"{r['supernet']['steps']} supernet + " if "supernet" in r else ""
+    return (f"| {r['fraction']:.2f}x = {r['budget_ms']:.2f} ms | {r['strategy']} | {r['winner']} | "
+            f"{r['parent_ms'] / r['measured_ms']:.2f}x | {_bold(ppl, q['heldout_perplexity'] == best_ppl)} | "
+            f"{q['second_text_perplexity']:.2f} | {_bold(kl, q['kl_to_parent'] == best_kl)} | "
+            f"{q['top1_agreement']:.1%} | {supernet}{r['selection_steps']} + {r['recovery_steps']} | "
+            f"{r['device_timings']} | {r['wall_min']:.1f} / {r['cpu_min']:.1f} |")
+
+
+def _bold(text: str, yes: bool) -> str:
+    return f"**{text}**" if yes else text
+
+
+def write_results(saved: dict, parent_ms: float, args) -> None:
+    rows, parent = saved["rows"], saved.get("parent")
+    if parent is None:
+        raise SystemExit(f"no rows in {args.work}/rows.json yet")
     lines = [f"Parent: measured decode_ms {parent_ms:.2f} ms (the profile's baseline); held-out perplexity "
              f"{parent['heldout_perplexity']:.2f}, second text {parent['second_text_perplexity']:.2f} "
-             f"({WINDOWS} windows of {WINDOW} tokens each). Every row: {minutes:g} minutes of wall time from the "
-             "start of its search to the end of its recovery.", "",
+             f"({WINDOWS} windows of {WINDOW} tokens each). Every row: {args.minutes:g} minutes of wall time from "
+             "the start of its search (or of its super-network training) to the end of its recovery. Bold: the "
+             "best held-out perplexity and the best KL at that budget.", "",
              "| budget | strategy | winner | measured speedup | held-out ppl | second-text ppl | KL to parent | "
              "top-1 agreement | distillation steps (finalist + winner) | device timings | wall / CPU min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "failed" in r:
-            lines.append(f"| {r['fraction']:.2f}x | {r['strategy']} | failed: {r['failed']} | | | | | | | | |")
-            continue
-        q = r["quality"]
-        same = [x for x in rows if x["fraction"] == r["fraction"] and "quality" in x]
-        best = min(x["quality"]["heldout_perplexity"] for x in same)
-        mark = "**" if q["heldout_perplexity"] == best else ""
-        lines.append(f"| {r['fraction']:.2f}x = {r['budget_ms']:.2f} ms | {r['strategy']} | {r['winner']} | "
-                     f"{r['parent_ms'] / r['measured_ms']:.2f}x | {mark}{q['heldout_perplexity']:.2f}{mark} | "
-                     f"{q['second_text_perplexity']:.2f} | {q['kl_to_parent']:.3f} | {q['top1_agreement']:.1%} | "
-                     f"{r['selection_steps']} + {r['recovery_steps']} | {r['device_timings']} | "
-                     f"{r['wall_min']:.1f} / {r['cpu_min']:.1f} |")
-    lines += ["", "Reference rows not measured by this script (from the project's notes on this VM): the parent "
-              "quantized by ONNX Runtime, int8 dynamic: ~1.1x decode, perplexity 24 → 38; int4 weight-only "
-              "(MatMulNBits): ~1.3x decode, perplexity 24 → 30."]
+    lines += [_row_line(r, rows) for r in rows]
+    if saved["references"]:
+        lines += ["", "Reference rows: the parent, unpruned, quantized by ONNX Runtime (speedup paired with its "
+                  "fp32 graph; quality of the quantized graph itself).", "",
+                  "| reference | decode speedup | prefill speedup | held-out ppl | second-text ppl | KL to parent | "
+                  "top-1 agreement | graph MB (fp32) |", "|---|---|---|---|---|---|---|---|"]
+        for r in saved["references"]:
+            q = r["quality"]
+            lines.append(f"| {r['strategy']} | {r['decode_speedup']:.2f}x | {r['prefill_speedup']:.2f}x | "
+                         f"{q['heldout_perplexity']:.2f} | {q['second_text_perplexity']:.2f} | "
+                         f"{q['kl_to_parent']:.3f} | {q['top1_agreement']:.1%} | {r['size_mb']:.0f} "
+                         f"({r['fp32_size_mb']:.0f}) |")
     lines += ["", "![held-out and second-text perplexity per strategy](recovery.png)"]
     plot(rows, parent)
     print(_common.write_markdown("recovery", "Recovery: which strategy delivers the best model at equal time",
