@@ -86,8 +86,12 @@ def cmd_profile(args) -> int:
 
     from .workload import Workload
 
+    if (args.plan == "transfer") != bool(args.transfer_from):
+        raise LatpruneError("--plan transfer and --transfer-from SOURCE go together: the plan spreads the samples "
+                            "over the latency range the sources predict")
+
     out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), out=args.out, seed=args.seed,
-                  aim=args.aim, aim_metric=args.metric,
+                  aim=args.aim, aim_metric=args.metric, transfer_from=args.transfer_from or (),
                   devices_file=args.devices_file, keep_onnx=args.keep_onnx)
     print(f"wrote {out}")
     return 0
@@ -96,9 +100,12 @@ def cmd_profile(args) -> int:
 def cmd_fit(args) -> int:
     from latprune.predictors.predictor import fit_profile
 
-    predictor, out = fit_profile(args.profile, args.out, kind=args.kind, seed=args.seed)
+    predictor, out = fit_profile(args.profile, args.out, kind=args.kind, seed=args.seed,
+                                 transfer_from=args.transfer_from or ())
     rows = predictor.meta["rows"]
-    print(f"{args.kind} predictor for device '{predictor.meta['device']}' on {rows['used']} rows "
+    sources = predictor.meta.get("transfer", {}).get("sources", [])
+    origin = f", transferred from {', '.join(repr(s['device']) for s in sources)}" if sources else ""
+    print(f"{predictor.kind} predictor for device '{predictor.meta['device']}' on {rows['used']} rows{origin} "
           f"({rows['failed']} failed and {rows['drift_flagged']} drift-flagged rows excluded)")
     print(predictor.accuracy_table())
     print(f"wrote {out}")
@@ -379,6 +386,8 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n  latprune profile --device cpu --model default --samples 40\n"
             "  latprune profile --device a100 --samples 150 --workload batch=1,prompt=512\n"
             "  latprune profile --device cpu --samples 32 --aim 0.6   # half aimed at 60% of the parent's decode_ms\n"
+            "  latprune profile --device cpu-1t --devices-file devices.toml --samples 20 --plan transfer \\\n"
+            "      --transfer-from out/predictors/cpu   # a new device: 20 samples spread by a profiled one\n"
             "Rerunning the same command resumes: finished samples are kept and skipped.\n"
             "One process at a time per file: a second is refused (it would lose rows and disturb the timings).")
     p.add_argument("--device", default="cpu", help="cpu, a100, jetson or a device of --devices-file")
@@ -391,14 +400,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
     p.add_argument("--aim", type=_number(0, 1), help="aim half of the samples at this fraction of the parent's "
                                                     "latency (e.g. 0.6, your budget; default: all space-filling)")
+    p.add_argument("--plan", choices=["spread", "transfer"], default="spread",
+                   help="spread: space-filling by parameter count (default); transfer: spread over the latency range "
+                        "that --transfer-from predicts, for 'latprune fit --transfer-from'")
+    p.add_argument("--transfer-from", nargs="+", metavar="SOURCE",
+                   help="with --plan transfer: predictor directories or profiles of devices already profiled")
     _metric_arg(p)
 
     p = add("fit", cmd_fit, "fit per-device latency predictors on a profile",
             "examples:\n  latprune fit profiles/cpu.parquet\n"
-            "  latprune fit profiles/cpu.parquet --kind roofline --out out/predictors/cpu-roofline")
+            "  latprune fit profiles/cpu.parquet --kind roofline --out out/predictors/cpu-roofline\n"
+            "  latprune fit profiles/cpu-1t.parquet --transfer-from out/predictors/cpu   # a new device, ~20 rows")
     p.add_argument("profile", help="Parquet file written by 'latprune profile'")
     p.add_argument("--out", help="predictor directory (default out/predictors/DEVICE)")
     p.add_argument("--kind", default="xgboost", choices=["xgboost", "roofline", "mlp"], help="surrogate kind")
+    p.add_argument("--transfer-from", nargs="+", metavar="SOURCE",
+                   help="predictor directories or profiles of other devices or workloads of the same model: fit a "
+                        "transferred predictor from this profile's few rows (needs jax; --kind is ignored)")
     p.add_argument("--seed", **seed)
 
     p = add("predict", cmd_predict, "predicted latency of an architecture",

@@ -42,7 +42,7 @@ def _split_folds(n: int, folds: int, rng: np.random.Generator) -> list[np.ndarra
     return np.array_split(rng.permutation(n), folds)
 
 
-def _training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+def _training_rows(frame: pd.DataFrame, min_rows: int = MIN_ROWS) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
     """Usable sample rows plus one reference row per workload; their counts; the references."""
     rows, counts = usable_rows(frame)
     refs = reference_rows(frame)
@@ -52,8 +52,8 @@ def _training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], p
         if rows[column].nunique() > 1:
             raise LatpruneError(f"the profile mixes several {column}s ({sorted(rows[column].unique())}); "
                                 "fit one device and model at a time")
-    if len(rows) < MIN_ROWS:
-        raise LatpruneError(f"only {len(rows)} usable rows ({counts}); a predictor needs at least {MIN_ROWS}: "
+    if len(rows) < min_rows:
+        raise LatpruneError(f"only {len(rows)} usable rows ({counts}); this predictor needs at least {min_rows}: "
                             "profile more samples")
     return rows, counts, refs
 
@@ -138,13 +138,19 @@ class Predictor:
     # ---- fit ---------------------------------------------------------------
     @classmethod
     def fit(cls, frame: pd.DataFrame, kind: str = "xgboost", seed: int = 0, folds: int = 5,
-            holdout: float = 0.2) -> Predictor:
+            holdout: float = 0.2, sources: list[Predictor] = ()) -> Predictor:
         """Fit on a profile's usable sample rows plus the parent's reference timing at the
-        profile's baseline; accuracy from k-fold CV and a held-out split."""
-        if kind not in SURROGATES:
+        profile's baseline; accuracy from k-fold CV and a held-out split. Kind 'transfer':
+        the `sources` predictors corrected with these (few) rows, accuracy by leave-one-out
+        (`predictors.transfer`)."""
+        if kind == "transfer":
+            from . import transfer
+        elif kind not in SURROGATES:
             raise LatpruneError(f"unknown predictor kind '{kind}'; choose from {', '.join(SURROGATES)}")
-        rows, counts, refs = _training_rows(frame)
+        rows, counts, refs = _training_rows(frame, transfer.MIN_ROWS if kind == "transfer" else MIN_ROWS)
         first = rows.iloc[0]
+        if kind == "transfer":
+            transfer.check_sources(sources, first)
         space, _ = _parent_space(first.parent_config_json)
         f = features(space, rows, first["dtype"])
         rng = np.random.default_rng(seed)
@@ -154,19 +160,23 @@ class Predictor:
         surrogates, acc, bands = {}, {}, {}
         for metric in METRICS:
             parent_ms = float(refs[metric].iloc[0]) if not refs.empty else None
-            surrogates[metric], acc[metric], bands[metric] = _fit_metric(
-                kind, metric, f, rows[metric].to_numpy(float), split, folds=folds, rng=rng, parent_ms=parent_ms,
-                truth=_repeat_medians(frame, rows, metric))
+            y, truth = rows[metric].to_numpy(float), _repeat_medians(frame, rows, metric)
+            surrogates[metric], acc[metric], bands[metric] = transfer.fit_metric(
+                metric, sources, f, y, truth=truth, parent_ms=parent_ms) if kind == "transfer" else _fit_metric(
+                kind, metric, f, y, split, folds=folds, rng=rng, parent_ms=parent_ms, truth=truth)
         meta = _metadata(first, rows, counts, refs, kind=kind, acc=acc, seed=seed)
         meta["accuracy_by_band"] = {m: b for m, b in bands.items() if b}
         meta["repeatability_by_band"] = _repeatability(frame, refs)
+        if kind == "transfer":
+            meta.update(band_split=transfer.BAND_SPLIT, transfer=transfer.record(sources, rows))
         return cls(kind, space, first["dtype"], surrogates, meta)
 
     def accuracy_table(self) -> str:
-        """Overall accuracy, and 5-fold CV accuracy by latency band (when the profile has a parent timing)."""
+        """Overall accuracy, and cross-validated accuracy by latency band (when the profile has a parent timing)."""
         bands = self.meta.get("accuracy_by_band")
         ceiling = self.meta.get("repeatability_by_band")
-        return format_table(self.meta["accuracy"]) + ("\n\n" + format_band_table(bands, ceiling=ceiling)
+        split = self.meta.get("band_split", "5-fold CV, against each architecture's median timing")
+        return format_table(self.meta["accuracy"]) + ("\n\n" + format_band_table(bands, split, ceiling=ceiling)
                                                      if bands else "")
 
     # ---- predict -------------------------------------------------------------
@@ -235,12 +245,21 @@ class Predictor:
                 raise LatpruneError(f"predictor '{folder}' was written by an incompatible latprune; refit it")
             _check_identity(folder, meta, device, model_hash, allow_mismatch)
             space, _ = _parent_space(meta["parent_config_json"])
-            surrogates = {m: SURROGATES[meta["kind"]].load(m, s, folder) for m, s in meta.pop("surrogates").items()}
+            surrogates = {m: _surrogate_class(meta["kind"]).load(m, s, folder)
+                          for m, s in meta.pop("surrogates").items()}
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:  # json, xgboost, missing parts
             raise LatpruneError(f"predictor '{folder}' is incomplete or damaged ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); refit it with 'latprune fit'"
                                 ) from None
         return cls(meta["kind"], space, meta["dtype"], surrogates, meta)
+
+
+def _surrogate_class(kind: str):
+    if kind == "transfer":
+        from .transfer import TransferSurrogate
+
+        return TransferSurrogate
+    return SURROGATES[kind]
 
 
 def _check_identity(folder: Path, meta: dict, device: str | None, model_hash: str | None,
@@ -276,12 +295,22 @@ def load_for(folder: str | Path | None, device: str, model_hash: str, allow_mism
 
 
 def fit_profile(profile: str | Path, out: str | Path | None = None, kind: str = "xgboost", seed: int = 0,
-                ) -> tuple[Predictor, Path]:
-    """Fit a predictor on a profile file and save it (default out/predictors/DEVICE[-KIND])."""
+                transfer_from: list[str | Path] = ()) -> tuple[Predictor, Path]:
+    """Fit a predictor on a profile file and save it (default out/predictors/DEVICE[-KIND]).
+    With `transfer_from` (predictor directories or profiles of other devices or workloads),
+    a transferred predictor (`predictors.transfer`), saved as the device's predictor."""
     path = Path(profile)
     if not path.is_file():
         raise LatpruneError(f"profile '{profile}' does not exist; run 'latprune profile' first")
     if out is not None:
-        check_out(out, PREDICTOR_MARKER, [path])
-    predictor = Predictor.fit(read_profile(path), kind, seed)
-    return predictor, predictor.save(out or default_predictor_dir(predictor.meta["device"], kind), [path])
+        check_out(out, PREDICTOR_MARKER, [path, *transfer_from])
+    if transfer_from:
+        from .transfer import load_sources
+
+        sources = load_sources(transfer_from, exclude=path)
+        predictor = Predictor.fit(read_profile(path), "transfer", seed, sources=sources)
+        folder = out or default_predictor_dir(predictor.meta["device"])
+    else:
+        predictor = Predictor.fit(read_profile(path), kind, seed)
+        folder = out or default_predictor_dir(predictor.meta["device"], kind)
+    return predictor, predictor.save(folder, [path, *transfer_from])

@@ -29,7 +29,7 @@ from .dataset import STEPS, ProfileWriter, baseline, default_profile, stat_colum
 from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
-from .sampling import aimed_plan, check_samples, profile_plan
+from .sampling import aimed_plan, check_samples, profile_plan, spread_plan
 from .timing import TimedModel, Timing, time_steps
 
 DRIFT_THRESHOLD = 0.25
@@ -205,22 +205,29 @@ class Profiler:
 def profile(model: str | Path = "default", device: str = "cpu", samples: int = 40,
             workload: Workload | None = None, *, out: str | Path | None = None, seed: int = 0,
             devices_file: str | Path | None = None, keep_onnx: bool = False, aim: float | None = None,
-            aim_ms: float | None = None, aim_metric: str = "decode_ms", progress: bool = True) -> Path:
+            aim_ms: float | None = None, aim_metric: str = "decode_ms", transfer_from: list[str | Path] = (),
+            progress: bool = True) -> Path:
     """Profile `samples` architectures of `model` on `device`; rerunning resumes. With `aim`
     (a fraction of the parent's `aim_metric`) or `aim_ms` (a latency), half of the samples
-    are space-filling and half are aimed at that latency (`aimed_plan`)."""
+    are space-filling and half are aimed at that latency (`aimed_plan`). With `transfer_from`
+    (predictors or profiles of other devices), the samples are spread over the latency range
+    those predict (`spread_plan`), for `latprune fit --transfer-from`."""
     check_samples(samples)
     _check_aim(aim, aim_ms, aim_metric)
+    if transfer_from and (aim or aim_ms):
+        raise LatpruneError("a transfer plan spreads its samples over the whole latency range; drop --aim")
     dev = get_device(device, devices_file)
     check_available(dev)
     workload = workload or Workload()
     out = Path(out) if out else default_profile(dev.name)
     config = load_config(model)
+    estimate = _transfer_estimate(transfer_from, workload, out) if transfer_from else None
     with ProfileWriter(out) as writer:
         prof = Profiler(config, dev, workload, writer, keep_onnx)
         bar = tqdm(total=samples, desc=f"profile {dev.name}", unit="sample", disable=not progress)
         try:
-            spread = profile_plan(prof.space, samples - (samples // 2 if aim or aim_ms else 0), seed)
+            spread = spread_plan(prof.space, samples, estimate, seed=seed) if estimate else \
+                profile_plan(prof.space, samples - (samples // 2 if aim or aim_ms else 0), seed)
             _time_plan(writer, prof, spread, bar)
             if (aim or aim_ms) and samples // 2:
                 fraction = aim or aim_ms / _parent_ms(prof, aim_metric)
@@ -230,6 +237,13 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
             bar.close()
             prof.close()
     return out
+
+
+def _transfer_estimate(sources: list[str | Path], workload: Workload, out: Path):
+    """The source devices' predicted latencies, for a transfer plan (checked before any timing)."""
+    from latprune.predictors.transfer import load_sources, source_estimate
+
+    return source_estimate(load_sources(sources, exclude=out), workload)
 
 
 def _check_aim(aim: float | None, aim_ms: float | None, metric: str) -> None:

@@ -80,3 +80,27 @@ def aimed_plan(space: SearchSpace, n: int, measured: dict[Architecture, float], 
     candidates = list(pool.values())
     estimate = _proxy_features(space, candidates) @ coef
     return _nearest_each(candidates, estimate, np.linspace(aim * (1 - AIM_WIDTH), aim * (1 + AIM_WIDTH), n))
+
+
+def spread_plan(space: SearchSpace, n: int, estimate, *, seed: int = 0, pool_factor: int = 60,
+                ) -> list[Architecture]:
+    """`n` architectures that pin down a new device: farthest-point order over estimated
+    latencies (`estimate(archs)` -> [len(archs), metrics], e.g. a profiled device's predicted
+    prefill and decode ms), from the fastest and the slowest, so every prefix of the plan
+    spans the whole range, and a plan of up to 100 is a prefix of every longer one (one pool).
+    The parent is left out (every profile times it as its reference)."""
+    rng = np.random.default_rng(seed)
+    size = pool_factor * max(n, 100)
+    pool = {a.id: a for a in (space.smallest(), *(space.sample(rng) for _ in range(size)))}
+    pool.pop(space.largest().id, None)
+    candidates = list(pool.values())
+    z = np.log(np.asarray(estimate(candidates), dtype=float).reshape(len(candidates), -1))
+    z = (z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-12)
+    size = z.sum(axis=1)
+    chosen = [int(np.argmin(size)), int(np.argmax(size))][: max(n, 0)]
+    dist = np.min([np.linalg.norm(z - z[i], axis=1) for i in chosen], axis=0) if chosen else None
+    while len(chosen) < min(n, len(candidates)):
+        i = int(np.argmax(dist))
+        chosen.append(i)
+        dist = np.minimum(dist, np.linalg.norm(z - z[i], axis=1))
+    return [candidates[i] for i in chosen]

@@ -68,8 +68,11 @@ def smol_like_space():
     return SearchSpace.from_config(smol_like_config())
 
 
-def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None):
-    """A profile frame whose latencies follow a known law of the features (1% noise)."""
+def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None, *, bandwidth: float = 25e9,
+                      layer_s: float = 8e-5, flops: float = 3e11, tiling: float = 0.0, archs=None):
+    """A profile frame whose latencies follow a known law of the features (1% noise); the
+    law's constants say how the device behaves (`tiling`: how much slower a block with an MLP
+    wider than 1024 runs, a cache effect no roofline sees); `archs` replaces the plan."""
     import json
 
     import numpy as np
@@ -81,14 +84,17 @@ def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None):
 
     config = config or smol_like_config()
     space = SearchSpace.from_config(config)
-    archs = profile_plan(space, n, seed)
+    archs = archs if archs is not None else profile_plan(space, n, seed)
+    n = len(archs)
     cols = arch_columns(archs).assign(batch=1, prompt=128, generate=32, arch_id=[a.id for a in archs],
                                       workload="w")
     f = features(space, cols)
     rng = np.random.default_rng(seed)
     noise = lambda: rng.normal(1, 0.01, n)  # noqa: E731
-    decode = (f.weight_bytes / 25e9 + f.layers * 8e-5 + 2e-4) * 1e3 * noise()
-    prefill = (f.prefill_flops / 3e11 * (1 + 0.3 * (f.hidden < 256)) + f.layers * 3e-4) * 1e3 * noise()
+    decode = (f.weight_bytes / bandwidth + f.layers * layer_s + 2e-4) * 1e3 * noise()
+    prefill = (f.prefill_flops / flops * (1 + 0.3 * (f.hidden < 256)) + f.layers * 3.75 * layer_s) * 1e3 * noise()
+    kernel = 1 + tiling * (f.mlp > 1024)
+    decode, prefill = decode * kernel, prefill * kernel
     return cols.assign(
         role="sample", status="ok", drift_flag=False, device=device, model_hash=model_identity(config)["config_hash"],
         dtype="fp32", parent_config_json=config.to_json_string(use_diff=False), prefill_ms=prefill,

@@ -1,0 +1,229 @@
+"""Transfer: a latency predictor for a new device or workload from a few target rows and
+the predictors of devices already profiled (`latprune fit NEW.parquet --transfer-from SRC`).
+
+Per metric: t(a) = sum_k c_k s_k(a) + sum_j d_j r_j(a) + e, where s_k(a) is source k's
+predicted median for architecture a at the target's workload and r(a) the target's
+roofline terms (weight + KV bytes, FLOPs, layers; each scaled to the sources' mean), fitted
+for relative error. Additive, because a device differs from another mostly in how fast it
+moves bytes, does FLOPs and pays per-layer overheads, so the target is a source rescaled
+plus a share of each term. A ridge prior pulls the fit toward the pure rescale
+(c_k = k / K, where k is the median target/source ratio; d = e = 0): with a handful of rows
+the target is a rescaled source, with more the correction grows. The prior's strength is
+chosen by leave-one-out error over a grid, every (strength, left-out row) system solved at
+once with `jax.vmap`. The upper bound is the median x (1 + the split-conformal 90% quantile
+of the leave-one-out under-predictions), or x (1 + 1.5 x the largest one) when there are
+too few rows for that quantile: honest with few rows.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from latprune.errors import LatpruneError
+
+from .features import RAW, features, roofline_terms
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
+
+MIN_ROWS = 4  # target rows (the parent's reference timing counts as one)
+LAMBDAS = np.logspace(-3, 3, 13)  # ridge strengths tried by leave-one-out
+COVERAGE = 0.9
+FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
+
+
+def require_jax():
+    """jax, or one line naming the extra that installs it."""
+    try:
+        import jax
+    except ImportError:
+        raise LatpruneError("transfer needs jax: pip install -e '.[jax]' (setup.sh installs it)") from None
+    return jax
+
+
+def source_log_medians(sources: list[Predictor], metric: str, cols: pd.DataFrame) -> np.ndarray:
+    """[n, K]: log of each source's predicted median of `metric` for columns (RAW names,
+    the target's batch and prompt), each source's features built with its own dtype."""
+    out = []
+    for src in sources:
+        f = features(src.space, cols[RAW], src.dtype)
+        out.append(np.log(src.surrogates[metric].predict_all(f)))
+    return np.column_stack(out)
+
+
+def _loo_ridge(a: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression of 1 on the rows of `a` (each row a design row / its target: relative
+    error) toward `prior`, for every strength in LAMBDAS: (leave-one-out predictions [L, n],
+    coefficients fitted on all rows [L, p]), predictions as ratios to the targets."""
+    jax = require_jax()
+    jnp = jax.numpy
+    x, m = jnp.asarray(a, dtype=jnp.float32), jnp.asarray(prior, dtype=jnp.float32)
+    n, p = a.shape
+
+    def solve(weights, lam):
+        lhs = x.T @ (x * weights[:, None]) + (lam + 1e-6) * jnp.eye(p)
+        return jnp.linalg.solve(lhs, x.T @ weights + lam * m)
+
+    def loo(lam):
+        coefs = jax.vmap(lambda w: solve(w, lam))(1.0 - jnp.eye(n))  # row i fitted without row i
+        return jnp.sum(coefs * x, axis=1)
+
+    lams = jnp.asarray(LAMBDAS, dtype=jnp.float32)
+    preds = jax.jit(jax.vmap(loo))(lams)
+    full = jax.jit(jax.vmap(lambda lam: solve(jnp.ones(n), lam)))(lams)
+    return np.asarray(preds, dtype=float), np.asarray(full, dtype=float)
+
+
+def conformal_under(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Relative widening that covers COVERAGE of under-predictions: the split-conformal
+    quantile of actual / predicted - 1, or 1.5 x the largest when rows are too few for it."""
+    under = np.sort(actual / predicted - 1)
+    k = math.ceil((len(under) + 1) * COVERAGE)
+    q = under[k - 1] if k <= len(under) else 1.5 * under[-1]
+    return float(max(q, 0.0))
+
+
+class TransferSurrogate:
+    """One metric of a transferred predictor: the sources' predictions corrected with the
+    target's rows (see the module docstring). `fit` returns the leave-one-out predictions."""
+
+    kind = "transfer"
+
+    def __init__(self, metric: str, sources: list[Predictor], folders: list[str] | None = None):
+        self.metric, self.sources = metric, sources
+        self.folders = folders or [f"source-{k}" for k in range(len(sources))]
+        self.coef = self.scale = None
+        self.lam, self.cv_under = float("nan"), 0.0
+
+    def _design(self, f: pd.DataFrame) -> np.ndarray:
+        """[sources' medians, roofline terms (bytes, FLOPs, layers) and 1 scaled to them]."""
+        s = np.exp(source_log_medians(self.sources, self.metric, f))
+        terms = np.column_stack([roofline_terms(f, self.metric)[:, :3], np.ones(len(f))])
+        if self.scale is None:
+            self.scale = s.mean() / terms.mean(axis=0)
+        return np.column_stack([s, terms * self.scale])
+
+    def fit(self, f: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+        k = len(self.sources)
+        self.scale = None
+        x = self._design(f)
+        ratio = float(np.median(y / x[:, :k].mean(axis=1)))
+        prior = np.r_[np.full(k, ratio / k), np.zeros(4)]
+        loo, full = _loo_ridge(x / y[:, None], prior)
+        best = int(np.argmin(((loo - 1) ** 2).mean(axis=1)))
+        self.lam, self.coef = float(LAMBDAS[best]), full[best]
+        oof = np.maximum(loo[best], FLOOR) * y
+        self.cv_under = conformal_under(y, oof)
+        return oof
+
+    def predict_all(self, f: pd.DataFrame) -> np.ndarray:
+        x = self._design(f)
+        rescaled = x[:, : len(self.sources)].mean(axis=1) * self.coef[: len(self.sources)].sum()
+        return np.maximum(x @ self.coef, FLOOR * rescaled)  # never below a share of the plain rescale
+
+    def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(median, upper bound)."""
+        median = self.predict_all(f)
+        return median, median * (1 + self.cv_under)
+
+    def save(self, folder: Path) -> dict:
+        from latprune.files import PREDICTOR_MARKER
+
+        for src, name in zip(self.sources, self.folders):
+            if not (folder / name / PREDICTOR_MARKER).is_file():  # one copy for every metric
+                src.save(folder / name)
+        return {"coef": self.coef.tolist(), "scale": self.scale.tolist(), "lambda": self.lam,
+                "cv_under": self.cv_under, "sources": self.folders}
+
+    @classmethod
+    def load(cls, metric: str, state: dict, folder: Path) -> TransferSurrogate:
+        from .predictor import Predictor
+
+        s = cls(metric, [Predictor.load(folder / name) for name in state["sources"]], state["sources"])
+        s.coef, s.scale = np.array(state["coef"]), np.array(state["scale"])
+        s.lam, s.cv_under = state["lambda"], state["cv_under"]
+        return s
+
+
+# ---- fitting, as `Predictor.fit(kind="transfer")` calls it ---------------------------------
+BAND_SPLIT = "leave-one-out CV, against each architecture's median timing"
+
+
+def check_sources(sources: list[Predictor], target: pd.Series) -> None:
+    """One line for the first source that cannot transfer to the profile row `target`'s model."""
+    from .features import FEATURE_SCHEMA
+    from .predictor import METRICS
+
+    if not sources:
+        raise LatpruneError("a transferred predictor needs at least one source (--transfer-from)")
+    for k, src in enumerate(sources):
+        name = f"source {k + 1} (device '{src.meta['device']}')"
+        if src.meta["model"]["config_hash"] != target.model_hash:
+            raise LatpruneError(f"{name} was fitted for model {src.meta['model']['name']} "
+                                f"({src.meta['model']['config_hash']}), the target profile is of {target.model_name} "
+                                f"({target.model_hash}); transfer works between devices of one parent model")
+        if src.meta.get("feature_schema") != FEATURE_SCHEMA:
+            raise LatpruneError(f"{name} uses feature schema {src.meta.get('feature_schema')}, this latprune "
+                                f"{FEATURE_SCHEMA}; refit it")
+        missing = [m for m in METRICS if m not in src.surrogates]
+        if missing:
+            raise LatpruneError(f"{name} has no surrogate for {', '.join(missing)}; refit it with this latprune")
+
+
+def fit_metric(metric: str, sources: list[Predictor], f: pd.DataFrame, y: np.ndarray, *, truth: np.ndarray,
+               parent_ms: float | None) -> tuple[TransferSurrogate, dict, dict]:
+    """The fitted surrogate of one metric, its leave-one-out accuracy against the rows' own
+    timings, and by band against `truth` (each row's median timing)."""
+    from .accuracy import accuracy, accuracy_by_band
+
+    surrogate = TransferSurrogate(metric, sources)
+    oof = surrogate.fit(f, y)
+    bands = accuracy_by_band(truth, oof, parent_ms) if parent_ms else {}
+    return surrogate, {"leave-one-out CV": accuracy(y, oof)}, bands
+
+
+def record(sources: list[Predictor], rows: pd.DataFrame) -> dict:
+    """What metadata.json says of a transfer: the sources and the target rows used."""
+    return {"sources": [{"folder": f"source-{k}", "device": src.meta["device"], "kind": src.kind,
+                         "workload_range": src.meta["workload_range"], "rows": src.meta["rows"],
+                         "accuracy": src.meta["accuracy"]} for k, src in enumerate(sources)],
+            "target_rows": int(len(rows)), "target_arch_ids": sorted(rows.arch_id.unique().tolist())}
+
+
+def load_sources(paths: list[str | Path], exclude: Path | None = None) -> list[Predictor]:
+    """Source predictors: predictor directories as they are, profiles fitted (XGBoost) here."""
+    from latprune.files import PREDICTOR_MARKER
+    from latprune.profiling.dataset import read_profile
+
+    from .predictor import Predictor
+
+    require_jax()  # before any fitting
+    sources = []
+    for p in map(Path, paths):
+        if exclude is not None and p.resolve() == exclude.resolve():
+            raise LatpruneError(f"'{p}' is the target profile itself; transfer from another device's predictor")
+        if (p / PREDICTOR_MARKER).is_file():
+            sources.append(Predictor.load(p))
+        elif p.is_file():
+            sources.append(Predictor.fit(read_profile(p)))
+        else:
+            raise LatpruneError(f"--transfer-from '{p}' is neither a predictor directory nor a profile file")
+    return sources
+
+
+def source_estimate(sources: list[Predictor], workload):
+    """archs -> [n, 2]: the sources' mean predicted (prefill_ms, decode_ms) at `workload`,
+    what `profiling.sampling.spread_plan` spreads a transfer profile over."""
+    from .features import arch_columns
+
+    def estimate(archs):
+        cols = arch_columns(archs).assign(batch=workload.batch, prompt=workload.prompt)
+        logs = [source_log_medians(sources, m, cols).mean(axis=1) for m in ("prefill_ms", "decode_ms")]
+        return np.exp(np.column_stack(logs))
+
+    return estimate

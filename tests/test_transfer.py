@@ -1,0 +1,150 @@
+"""Transfer of latency predictors to a new device from few rows (synthetic devices whose laws differ)."""
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latprune import LatpruneError
+from latprune.predictors.accuracy import accuracy
+from latprune.predictors.predictor import Predictor
+from latprune.profiling.sampling import profile_plan, spread_plan
+from latprune.workload import Workload
+
+from conftest import smol_like_config, smol_like_space, synthetic_profile
+
+# the target: a third of the memory bandwidth and of the compute, twice the per-layer overhead
+# both share a cache effect (MLPs wider than 1024 run 20% slower) that 120 source rows
+# pin down and 20 target rows alone do not
+TARGET = {"device": "cpu-1t", "bandwidth": 8e9, "flops": 1e11, "layer_s": 1.6e-4, "tiling": 0.2}
+
+
+@pytest.fixture(scope="module")
+def source():
+    return Predictor.fit(synthetic_profile(120, tiling=0.2), "xgboost")
+
+
+def _target(archs, seed: int = 3) -> pd.DataFrame:
+    return synthetic_profile(0, seed, archs=archs, **TARGET)
+
+
+def _plan(source, n: int):
+    from latprune.predictors.transfer import source_estimate
+
+    return spread_plan(smol_like_space(), n, source_estimate([source], Workload()), seed=0)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return _target(profile_plan(smol_like_space(), 60, seed=11), seed=7)
+
+
+def _scores(predictor: Predictor, frame: pd.DataFrame) -> dict:
+    from latprune.architecture import Architecture
+
+    archs = [Architecture.uniform(int(r.layers), int(r.heads), int(r.kv_groups), int(r.mlp), int(r.hidden))
+             for r in frame.itertuples()]
+    pred = predictor.predict(archs)
+    return {m: accuracy(frame[m], pred[m]) for m in ("prefill_ms", "decode_ms")} | {"pred": pred}
+
+
+def test_twenty_target_rows_transfer_better_than_a_fit_from_scratch(source, held_out):
+    rows = _target(_plan(source, 20))
+    transferred = Predictor.fit(rows, "transfer", sources=[source])
+    scratch = Predictor.fit(rows, "xgboost")
+    t, s = _scores(transferred, held_out), _scores(scratch, held_out)
+    for m in ("prefill_ms", "decode_ms"):
+        assert t[m]["within_10pct"] >= 0.95 and t[m]["spearman"] >= 0.98, (m, t[m])
+        assert t[m]["mape"] < s[m]["mape"], (m, t[m], s[m])
+    # the upper bound covers the held-out truth about as often as it promises
+    assert (held_out.decode_ms.to_numpy() <= t["pred"].decode_ms_upper.to_numpy()).mean() >= 0.85
+    assert set(transferred.meta["accuracy"]["decode_ms"]) == {"leave-one-out CV"}
+    assert "leave-one-out CV" in transferred.accuracy_table()
+
+
+def test_five_rows_give_an_honest_wide_bound(source, held_out):
+    rows = _target(_plan(source, 5))
+    transferred = Predictor.fit(rows, "transfer", sources=[source])
+    pred = _scores(transferred, held_out)["pred"]
+    assert (held_out.decode_ms.to_numpy() <= pred.decode_ms_upper.to_numpy()).mean() >= 0.9
+
+
+def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
+    rows = _target(_plan(source, 10))
+    transferred = Predictor.fit(rows, "transfer", sources=[source])
+    transferred.save(tmp_path / "t")
+    loaded = Predictor.load(tmp_path / "t", device="cpu-1t")
+    archs = profile_plan(smol_like_space(), 20, seed=4)
+    pd.testing.assert_frame_equal(transferred.predict(archs), loaded.predict(archs))
+    meta = loaded.meta["transfer"]
+    assert meta["target_rows"] == 10 and meta["sources"][0]["device"] == "cpu"
+    assert sorted(meta["target_arch_ids"]) == sorted(rows.arch_id)
+    assert (tmp_path / "t" / "source-0" / "metadata.json").is_file() and not list(tmp_path.rglob("*.pkl"))
+
+
+def test_spread_plan_prefixes_span_the_source_latency_range(source):
+    from latprune.predictors.transfer import source_estimate
+
+    estimate = source_estimate([source], Workload())
+    plan = _plan(source, 20)
+    assert len({a.id for a in plan}) == 20 and smol_like_space().largest() not in plan
+    assert [a.id for a in _plan(source, 5)] == [a.id for a in plan[:5]]  # nested: more rows extend the plan
+    pool = profile_plan(smol_like_space(), 200, seed=5)
+    decode = estimate(pool)[:, 1]
+    first = estimate(plan[:5])[:, 1]
+    assert first.min() <= np.quantile(decode, 0.05) and first.max() >= np.quantile(decode, 0.9)
+
+
+def test_bad_sources_and_too_few_rows_are_one_line(source, tmp_path, monkeypatch):
+    config = smol_like_config()
+    config.intermediate_size = 1024  # another parent model
+    other = Predictor.fit(synthetic_profile(40, config=config), "xgboost")
+    rows = _target(_plan(source, 8))
+    with pytest.raises(LatpruneError, match=r"source 1 \(device 'cpu'\) was fitted for model .* transfer works"):
+        Predictor.fit(rows, "transfer", sources=[other])
+    with pytest.raises(LatpruneError, match="needs at least 4"):
+        Predictor.fit(rows.iloc[:3], "transfer", sources=[source])
+    with pytest.raises(LatpruneError, match="at least one source"):
+        Predictor.fit(rows, "transfer", sources=[])
+    from latprune.predictors.transfer import load_sources
+
+    target = tmp_path / "t.parquet"
+    with pytest.raises(LatpruneError, match="is the target profile itself"):
+        load_sources([target], exclude=target)
+    with pytest.raises(LatpruneError, match="neither a predictor directory nor a profile"):
+        load_sources([tmp_path / "nothing"])
+    monkeypatch.setitem(sys.modules, "jax", None)
+    with pytest.raises(LatpruneError, match=r"transfer needs jax: pip install -e '.\[jax\]'"):
+        load_sources([tmp_path / "nothing"])
+
+
+def test_search_with_a_transferred_predictor_meets_its_budget_on_the_target(source):
+    """Refinement and verification against a scripted target device: what lands is within budget."""
+    from test_search import _pool
+
+    from latprune.search.options import SearchOptions
+    from latprune.search.refine import refine
+
+    space = smol_like_space()
+    transferred = Predictor.fit(_target(_plan(source, 20)), "transfer", sources=[source])
+    truth = lambda archs: _target(archs).decode_ms.to_numpy()  # noqa: E731  the device (1% noise)
+    budget = 0.6 * float(truth([space.largest()])[0])
+    opts = SearchOptions(budget, device_measurements=6, finalists=2)
+    timed = []
+
+    def measure(arch):
+        timed.append(arch)
+        return float(truth([arch])[0])
+
+    result = refine(_pool(space), transferred, Workload(), opts, measure=measure, refit=lambda: None)
+    assert result.landed(opts.limit_ms) and len(timed) <= 6  # in the 95-99% band, within the allowance
+    assert all(0.9 * opts.limit_ms <= ms <= 1.05 * opts.limit_ms for ms in result.measured.values())
+
+
+def test_cli_profile_plan_transfer_needs_sources():
+    from test_cli import run_cli
+
+    r = run_cli("profile", "--plan", "transfer", "--samples", "3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--plan transfer and --transfer-from SOURCE go together" in r.stderr
