@@ -171,6 +171,11 @@ class Predictor:
             meta.update(band_split=transfer.BAND_SPLIT, transfer=transfer.record(sources, rows))
         return cls(kind, space, first["dtype"], surrogates, meta)
 
+    @property
+    def sources(self) -> list[Predictor]:
+        """The predictors a transferred predictor corrects (none for the other kinds)."""
+        return list(getattr(next(iter(self.surrogates.values())), "sources", []))
+
     def accuracy_table(self) -> str:
         """Overall accuracy, and cross-validated accuracy by latency band (when the profile has a parent timing)."""
         bands = self.meta.get("accuracy_by_band")

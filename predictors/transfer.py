@@ -11,8 +11,8 @@ plus a share of each term. A ridge prior pulls the fit toward the pure rescale
 the target is a rescaled source, with more the correction grows. The prior's strength is
 chosen by leave-one-out error over a grid, every (strength, left-out row) system solved at
 once with `jax.vmap`. The upper bound is the median x (1 + the split-conformal 90% quantile
-of the leave-one-out under-predictions), or x (1 + 1.5 x the largest one) when there are
-too few rows for that quantile: honest with few rows.
+of the leave-one-out relative errors), or, below 9 rows (too few for that quantile),
+x (1 + the larger of 1.5 x the largest error and 15%): honest with few rows.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ MIN_ROWS = 4  # target rows (the parent's reference timing counts as one)
 LAMBDAS = np.logspace(-3, 3, 13)  # ridge strengths tried by leave-one-out
 COVERAGE = 0.9
 FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
+FEW_ROWS_WIDTH = 0.15  # the least upper-bound widening below 9 rows (too few for a 90% quantile)
 
 
 def require_jax():
@@ -79,13 +80,14 @@ def _loo_ridge(a: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.asarray(preds, dtype=float), np.asarray(full, dtype=float)
 
 
-def conformal_under(actual: np.ndarray, predicted: np.ndarray) -> float:
-    """Relative widening that covers COVERAGE of under-predictions: the split-conformal
-    quantile of actual / predicted - 1, or 1.5 x the largest when rows are too few for it."""
-    under = np.sort(actual / predicted - 1)
-    k = math.ceil((len(under) + 1) * COVERAGE)
-    q = under[k - 1] if k <= len(under) else 1.5 * under[-1]
-    return float(max(q, 0.0))
+def conformal_width(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Relative widening of the upper bound: the split-conformal COVERAGE quantile of the
+    absolute relative errors (over- and under-predictions alike: a handful of rows that
+    happen to be over-predicted says little about the next one); when rows are too few for
+    that quantile, 1.5 x the largest error and at least FEW_ROWS_WIDTH."""
+    errors = np.sort(np.abs(actual / predicted - 1))
+    k = math.ceil((len(errors) + 1) * COVERAGE)
+    return float(errors[k - 1] if k <= len(errors) else max(1.5 * errors[-1], FEW_ROWS_WIDTH))
 
 
 class TransferSurrogate:
@@ -118,7 +120,7 @@ class TransferSurrogate:
         best = int(np.argmin(((loo - 1) ** 2).mean(axis=1)))
         self.lam, self.coef = float(LAMBDAS[best]), full[best]
         oof = np.maximum(loo[best], FLOOR) * y
-        self.cv_under = conformal_under(y, oof)
+        self.cv_under = conformal_width(y, oof)
         return oof
 
     def predict_all(self, f: pd.DataFrame) -> np.ndarray:

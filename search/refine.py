@@ -129,7 +129,7 @@ def _refit(prep: Prepared, session: DeviceSession) -> Predictor | None:
     frame, model_hash = session.writer.frame, prep.predictor.meta["model"]["config_hash"]
     frame = frame[(frame.device == prep.device.name) & (frame.model_hash == model_hash)]
     try:
-        refitted = Predictor.fit(frame, prep.predictor.kind, seed=prep.opts.seed)
+        refitted = Predictor.fit(frame, prep.predictor.kind, seed=prep.opts.seed, sources=prep.predictor.sources)
     except LatpruneError:
         return None
     return refitted if refitted.baseline(prep.workload) == prep.predictor.baseline(prep.workload) else None
