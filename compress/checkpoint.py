@@ -4,7 +4,9 @@ A compressed model directory is a Hugging Face checkpoint plus `latprune.json` (
 version, architecture, parent identity and config). Uniform architectures have a config
 that matches their shapes, so plain `AutoModelForCausalLM.from_pretrained` loads them;
 per-layer architectures load with `latprune.load_model(path)`, which rebuilds the shapes
-from the metadata. Directories are written to a temporary sibling and renamed into place.
+from the metadata, and (Llama family) with `from_pretrained(path, trust_remote_code=True)`
+through the modeling file written beside them (`portable`). Directories are written to a
+temporary sibling and renamed into place.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from latprune.files import MODEL_MARKER, atomic_dir
 from latprune.models import model_identity
 from latprune.space import SearchSpace
 
+from .portable import MODELING, make_portable
+
 CHECKPOINT_VERSION = 1
+LOADS_WITH = {"uniform": "AutoModelForCausalLM.from_pretrained(folder) or latprune.load_model(folder)",
+              "remote code": "AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True) or "
+                             "latprune.load_model(folder)",
+              "latprune": "latprune.load_model(folder)"}
 
 
 def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, parent_config, tokenizer=None, *,
@@ -46,6 +54,8 @@ def save_compressed(model: nn.Module, arch: Architecture, out: str | Path, paren
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        meta["loads_with"] = LOADS_WITH["uniform" if arch.is_uniform else
+                                        "remote code" if make_portable(tmp, arch) else "latprune"]
         (tmp / MODEL_MARKER).write_text(json.dumps(meta, indent=2, default=str))
     return Path(out)
 
@@ -82,6 +92,9 @@ def load_compressed(path: str | Path) -> nn.Module:
     meta = read_metadata(path)
     if meta["uniform"]:
         return models.load_model(path)
+    if meta.get("loads_with") == LOADS_WITH["remote code"] and not (path / MODELING.name).is_file():
+        raise LatpruneError(f"'{path}' is a per-layer checkpoint without its {MODELING.name} (what "
+                            "AutoModelForCausalLM needs to build it); copy the whole folder, or save it again")
     with torch.device("cpu"):
         skeleton = AutoModelForCausalLM.from_config(models.config_from_dict(meta["parent"]["config"]))
     model = extract(skeleton, Architecture.from_dict(meta["architecture"]))

@@ -41,10 +41,14 @@ def random_model(parent_config, arch: Architecture, dtype: str = "fp32", device:
     return model.to(device=device, dtype=torch.float16 if dtype == "fp16" else torch.float32)
 
 
-def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = False) -> Path:
+def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = False,
+                kv_heads: list[int] | None = None) -> Path:
     """Export `model` to `out_dir/model.onnx` (with KV cache); returns the .onnx path.
     `final` (a delivered model, not a timing sample): tied weights are stored once, and the
-    folder's config is one optimum's `ORTModelForCausalLM` runs (see `_runtime_config`)."""
+    folder's config is one optimum's `ORTModelForCausalLM` runs (see `_runtime_config`).
+    `kv_heads`: a per-layer model's KV heads, layer by layer (each layer's cache inputs and
+    outputs get its own shape; plain ONNX Runtime runs the graph, optimum's
+    `ORTModelForCausalLM` assumes one shape for every layer)."""
     from optimum.exporters.onnx import onnx_export_from_model
 
     out_dir = Path(out_dir)
@@ -55,8 +59,10 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = F
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            custom = {"model": per_layer_onnx_config(model, kv_heads)} if kv_heads else None
             onnx_export_from_model(model, tmp, task="text-generation-with-past", do_validation=False, device=device,
-                                   no_post_process=not final)  # post-processing dedups tied weights: 1.5x slower
+                                   no_post_process=not final,  # post-processing dedups tied weights: 1.5x slower
+                                   custom_onnx_configs=custom)
         if not (tmp / "model.onnx").is_file():
             raise LatpruneError(f"the exporter wrote no model.onnx in {tmp}")
         if final:
@@ -69,6 +75,32 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = F
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "model.onnx"
+
+
+def per_layer_onnx_config(model, kv_heads: list[int]):
+    """optimum's export config of `model`'s family, with dummy KV caches shaped layer by
+    layer (`kv_heads[i]` heads in layer i), so tracing follows each layer's real widths."""
+    from optimum.exporters.tasks import TasksManager
+    from optimum.utils.input_generators import MistralDummyPastKeyValuesGenerator
+
+    if len(kv_heads) != model.config.num_hidden_layers:
+        raise LatpruneError(f"kv_heads has {len(kv_heads)} entries for {model.config.num_hidden_layers} layers")
+    constructor = TasksManager.get_exporter_config_constructor(
+        "onnx", model=model, task="text-generation-with-past", library_name="transformers")
+    base = getattr(constructor, "func", constructor)
+
+    class PerLayerCache(MistralDummyPastKeyValuesGenerator):
+        def generate(self, input_name: str, framework: str = "pt", int_dtype: str = "int64",
+                     float_dtype: str = "fp32"):
+            return [tuple(self.random_float_tensor((self.batch_size, kv, self.sequence_length, self.head_dim),
+                                                   framework=framework, dtype=float_dtype) for _ in range(2))
+                    for kv in kv_heads]
+
+    class PerLayer(base):
+        DUMMY_INPUT_GENERATOR_CLASSES = (base.DUMMY_INPUT_GENERATOR_CLASSES[0], PerLayerCache)
+        DUMMY_PKV_GENERATOR_CLASS = PerLayerCache
+
+    return PerLayer(model.config, task="text-generation", use_past=True, use_past_in_inputs=True)
 
 
 def _runtime_config(path: Path) -> None:
