@@ -216,14 +216,15 @@ class Predictor:
         return self.meta.get("baseline_ms", {}).get(workload.key)
 
     def predict(self, archs: list[Architecture], workload: Workload | None = None) -> pd.DataFrame:
-        """Predicted median and upper bound of every metric; uniform architectures only (the
-        features describe one layer's widths, so per-layer widths would be predicted wrongly)."""
+        """Predicted median and upper bound of every metric. A per-layer architecture is
+        composed from uniform ones: a decoder's latency is a fixed part plus one block per
+        layer, so with L layers, T = mean over layers i of T(L layers all shaped like layer i)
+        (`compose`); exact for uniform architectures, additive across blocks otherwise."""
         for a in archs:
             self.space.validate(a)
-            if not a.is_uniform:
-                raise LatpruneError(f"architecture {a.describe()} has per-layer widths; latency predictors cover "
-                                    "uniform architectures only (the same heads, kv_groups and mlp in every layer)")
-        return self.predict_columns(arch_columns(archs), workload or self.default_workload())
+        variants, weights = compose(archs)
+        per_variant = self.predict_columns(arch_columns(variants), workload or self.default_workload())
+        return pd.DataFrame(weights @ per_variant.to_numpy(), columns=per_variant.columns)
 
     # ---- files -----------------------------------------------------------------
     def save(self, out: str | Path, inputs: list = ()) -> Path:
@@ -257,6 +258,30 @@ class Predictor:
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); refit it with 'latprune fit'"
                                 ) from None
         return cls(meta["kind"], space, meta["dtype"], surrogates, meta)
+
+
+def compose(archs: list[Architecture]) -> tuple[list[Architecture], np.ndarray]:
+    """Uniform variants of `archs` and weights [len(archs), len(variants)] such that a
+    per-layer architecture's latency is the weighted sum of its variants' (one variant per
+    distinct layer shape, at the architecture's depth and hidden size, weighted by the share
+    of layers of that shape); a uniform architecture is its own single variant, weight 1."""
+    index: dict[str, int] = {}
+    variants: list[Architecture] = []
+    rows: list[dict[int, float]] = []
+    for a in archs:
+        shares: dict[int, float] = {}
+        for shape in zip(a.heads, a.kv_groups, a.mlp):
+            v = Architecture.uniform(list(a.layers), *shape, a.hidden)
+            k = index.setdefault(v.id, len(variants))
+            if k == len(variants):
+                variants.append(v)
+            shares[k] = shares.get(k, 0) + 1
+        rows.append({k: c / a.num_layers for k, c in shares.items()})
+    weights = np.zeros((len(archs), len(variants)))
+    for i, shares in enumerate(rows):
+        for k, w in shares.items():
+            weights[i, k] = w
+    return variants, weights
 
 
 def _surrogate_class(kind: str):

@@ -146,3 +146,32 @@ def test_repeatability_is_each_timing_against_the_median_of_its_repeats():
                                              "0%-10%": {"n": 2, "within_10pct": 0.5, "mape": 0.2}}},
                               ceiling={"decode_ms": ceiling})
     assert "| decode_ms | 30%-60% | 5 | 80.0% | 5.00% | 33.3% (3) |" in table and "no repeats" in table
+
+
+def test_per_layer_latency_is_composed_from_uniform_blocks(fitted):
+    """The synthetic device's decode law is additive over layers, so composing uniform
+    predictions recovers per-layer latencies about as well as the uniform ones are predicted."""
+    import numpy as np
+
+    from latprune.architecture import Architecture
+
+    space = smol_like_space()
+    rng = np.random.default_rng(3)
+    archs = []
+    for _ in range(40):
+        n = int(rng.integers(4, 31))
+        kv = rng.choice([1, 2, 3], n)
+        heads = [int(k * rng.integers(1, 4)) for k in kv]
+        mlp = rng.choice(space.choices()["mlp"], n)
+        archs.append(Architecture.per_layer(sorted(rng.choice(30, n, replace=False).tolist()), heads, kv.tolist(),
+                                            mlp.tolist(), int(rng.choice(space.choices()["hidden"]))))
+    assert not any(a.is_uniform for a in archs)
+    body = np.array([space.num_params(a) - space.embedding_params(a.hidden) for a in archs], dtype=float)
+    truth = ((body + 49152 * np.array([a.hidden for a in archs])) * 4 / 25e9
+             + np.array([a.num_layers for a in archs]) * 8e-5 + 2e-4) * 1e3  # the law of synthetic_profile
+    pred = fitted.predict(archs)
+    assert np.mean(np.abs(pred.decode_ms.to_numpy() / truth - 1) <= 0.05) >= 0.9
+    assert (pred.decode_ms_upper >= pred.decode_ms).all()
+    uniform = profile_plan(space, 8, seed=4)  # a uniform architecture is its own single block shape
+    pd.testing.assert_frame_equal(fitted.predict(uniform),
+                                  fitted.predict_columns(arch_columns(uniform), Workload()))

@@ -157,7 +157,7 @@ def test_distillation_interrupted_before_its_first_checkpoint_keeps_the_finished
 
 # ---- predictions of per-layer or malformed architectures ------------------------
 @pytest.mark.parametrize("arch, says", [
-    ({"layers": 3, "heads": 9, "kv_groups": 3, "mlp": [1024, 512, 256], "hidden": 576}, "per-layer widths"),
+    ({"layers": 3, "heads": 9, "kv_groups": [3, 2], "mlp": 512, "hidden": 576}, "'kv_groups' has 2 entries but 3"),
     ({"layers": 3, "heads": 9, "kv_groups": 3, "mlp": 512, "hiden": 576}, "unknown key(s) 'hiden'"),
     ({"layers": True, "heads": 9, "kv_groups": 3, "mlp": 512, "hidden": 576}, "'layers' must be"),
     ({"layers": 3, "heads": "9", "kv_groups": 3, "mlp": 512, "hidden": 576}, "'heads' must be"),
