@@ -92,6 +92,7 @@ def cmd_profile(args) -> int:
 
     out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), out=args.out, seed=args.seed,
                   aim=args.aim, aim_metric=args.metric, transfer_from=args.transfer_from or (),
+                  per_layer=args.plan == "per-layer",
                   devices_file=args.devices_file, keep_onnx=args.keep_onnx)
     print(f"wrote {out}")
     return 0
@@ -400,9 +401,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
     p.add_argument("--aim", type=_number(0, 1), help="aim half of the samples at this fraction of the parent's "
                                                     "latency (e.g. 0.6, your budget; default: all space-filling)")
-    p.add_argument("--plan", choices=["spread", "transfer"], default="spread",
+    p.add_argument("--plan", choices=["spread", "transfer", "per-layer"], default="spread",
                    help="spread: space-filling by parameter count (default); transfer: spread over the latency range "
-                        "that --transfer-from predicts, for 'latprune fit --transfer-from'")
+                        "that --transfer-from predicts, for 'latprune fit --transfer-from'; per-layer: heterogeneous "
+                        "architectures, held out to check per-layer latency predictions")
     p.add_argument("--transfer-from", nargs="+", metavar="SOURCE",
                    help="with --plan transfer: predictor directories or profiles of devices already profiled")
     _metric_arg(p)

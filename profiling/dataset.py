@@ -19,6 +19,7 @@ META_KEY = b"latprune_profile_schema"
 STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
 TRAINING_ROLES = ("sample", "refine")  # rows a predictor learns from (plus the reference)
 REPEAT_ROLES = ("verify", "retest")  # re-timings, not trained on: with the above, an architecture's median timing
+HETERO_ROLE = "per-layer"  # heterogeneous architectures (profile --plan per-layer): held out to check composition
 
 
 def stat_column(metric: str, stat: str) -> str:

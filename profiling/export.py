@@ -26,18 +26,24 @@ EXPORTER = f"optimum-onnx {version('optimum-onnx')} (text-generation-with-past, 
 
 
 def random_model(parent_config, arch: Architecture, dtype: str = "fp32", device: str = "cpu", seed: int = 0):
-    """A random-weight HF model with the shapes of the uniform architecture `arch`."""
+    """A random-weight HF model with the shapes of `arch` (a per-layer one is cut from a
+    random model with its depth and hidden size, the parent's heads and its widest MLP)."""
     from transformers import AutoModelForCausalLM
 
     space = SearchSpace.from_config(parent_config)
     space.validate(arch)
-    if not arch.is_uniform:
-        raise LatpruneError("profiling exports uniform architectures only (per-layer widths are not supported yet)")
+    widest = arch if arch.is_uniform else Architecture.uniform(
+        list(arch.layers), space.parent["heads"], space.parent["kv_groups"], max(arch.mlp), arch.hidden)
     config = copy.deepcopy(parent_config)
-    space.apply_to_config(config, arch)
+    space.apply_to_config(config, widest)
     config._name_or_path = ""  # keep the exporter from copying a tokenizer next to the graph
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
+    if not arch.is_uniform:
+        from latprune.compress.extract import extract
+
+        local = Architecture.per_layer(range(arch.num_layers), arch.heads, arch.kv_groups, arch.mlp, arch.hidden)
+        model = extract(model, local)
     return model.to(device=device, dtype=torch.float16 if dtype == "fp16" else torch.float32)
 
 

@@ -25,11 +25,11 @@ from latprune.models import cache_dir, load_config, model_identity
 from latprune.space import SearchSpace
 from latprune.workload import METRICS, Workload
 
-from .dataset import STEPS, ProfileWriter, baseline, default_profile, stat_column
+from .dataset import HETERO_ROLE, STEPS, ProfileWriter, baseline, default_profile, stat_column
 from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
 from .fingerprint import host_fingerprint, library_versions
-from .sampling import aimed_plan, check_samples, profile_plan, spread_plan
+from .sampling import aimed_plan, check_samples, per_layer_plan, profile_plan, spread_plan
 from .timing import TimedModel, Timing, time_steps
 
 DRIFT_THRESHOLD = 0.25
@@ -95,7 +95,8 @@ class Profiler:
             return folder / "model.onnx", 0.0
         t0 = time.perf_counter()
         model = random_model(self.config, arch, self.device.dtype, self.device.torch_device)
-        path = export_onnx(model, folder, self.device.torch_device)
+        path = export_onnx(model, folder, self.device.torch_device,
+                           kv_heads=None if arch.is_uniform else list(arch.kv_groups))
         return path, time.perf_counter() - t0
 
     def _reference_model(self) -> TimedModel:
@@ -206,16 +207,20 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
             workload: Workload | None = None, *, out: str | Path | None = None, seed: int = 0,
             devices_file: str | Path | None = None, keep_onnx: bool = False, aim: float | None = None,
             aim_ms: float | None = None, aim_metric: str = "decode_ms", transfer_from: list[str | Path] = (),
-            progress: bool = True) -> Path:
+            per_layer: bool = False, progress: bool = True) -> Path:
     """Profile `samples` architectures of `model` on `device`; rerunning resumes. With `aim`
     (a fraction of the parent's `aim_metric`) or `aim_ms` (a latency), half of the samples
     are space-filling and half are aimed at that latency (`aimed_plan`). With `transfer_from`
     (predictors or profiles of other devices), the samples are spread over the latency range
-    those predict (`spread_plan`), for `latprune fit --transfer-from`."""
+    those predict (`spread_plan`), for `latprune fit --transfer-from`. With `per_layer`,
+    heterogeneous architectures (`per_layer_plan`), recorded with role HETERO_ROLE (never
+    trained on: they check the composed predictions of per-layer latency)."""
     check_samples(samples)
     _check_aim(aim, aim_ms, aim_metric)
-    if transfer_from and (aim or aim_ms):
-        raise LatpruneError("a transfer plan spreads its samples over the whole latency range; drop --aim")
+    if (transfer_from or per_layer) and (aim or aim_ms):
+        raise LatpruneError("only the default plan can be aimed at a latency; drop --aim")
+    if transfer_from and per_layer:
+        raise LatpruneError("choose one plan: transfer or per-layer")
     dev = get_device(device, devices_file)
     check_available(dev)
     workload = workload or Workload()
@@ -226,6 +231,9 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
         prof = Profiler(config, dev, workload, writer, keep_onnx)
         bar = tqdm(total=samples, desc=f"profile {dev.name}", unit="sample", disable=not progress)
         try:
+            if per_layer:
+                _time_plan(writer, prof, per_layer_plan(prof.space, samples, seed), bar, role=HETERO_ROLE)
+                return out
             spread = spread_plan(prof.space, samples, estimate, seed=seed) if estimate else \
                 profile_plan(prof.space, samples - (samples // 2 if aim or aim_ms else 0), seed)
             _time_plan(writer, prof, spread, bar)
@@ -276,9 +284,11 @@ def _aimed(writer: ProfileWriter, prof: Profiler, spread: list[Architecture], n:
     return aimed_plan(prof.space, n, measured, aim, seed=seed, exclude=set(by_id))
 
 
-def _time_plan(writer: ProfileWriter, prof: Profiler, plan: list[Architecture], bar: tqdm) -> None:
-    """Time the planned samples `writer` does not hold yet, one row each, recorded as it ends."""
-    done = set(writer.rows(role="sample", **prof.key)["arch_id"]) if not writer.frame.empty else set()
+def _time_plan(writer: ProfileWriter, prof: Profiler, plan: list[Architecture], bar: tqdm, role: str = "sample",
+               ) -> None:
+    """Time the planned architectures `writer` does not hold yet, one row each (of `role`),
+    recorded as it ends."""
+    done = set(writer.rows(role=role, **prof.key)["arch_id"]) if not writer.frame.empty else set()
     todo = [a for a in plan if a.id not in done]
     bar.update(len(plan) - len(todo))
     if todo and not prof.session_referenced:
@@ -287,7 +297,7 @@ def _time_plan(writer: ProfileWriter, prof: Profiler, plan: list[Architecture], 
             bar.write(f"latprune: warning: the reference runs {ref['drift'] - 1:+.0%} off the profile's baseline; "
                       "samples timed in this state are flagged (machine busy or throttling?)")
     for arch in todo:
-        row = prof.measure(arch, "sample")
+        row = prof.measure(arch, role)
         writer.append(row)
         bar.update(1)
         if row["status"] != "ok":

@@ -104,3 +104,28 @@ def spread_plan(space: SearchSpace, n: int, estimate, *, seed: int = 0, pool_fac
         chosen.append(i)
         dist = np.minimum(dist, np.linalg.norm(z - z[i], axis=1))
     return [candidates[i] for i in chosen]
+
+
+def per_layer_plan(space: SearchSpace, n: int, seed: int = 0, pool_factor: int = 60) -> list[Architecture]:
+    """`n` distinct heterogeneous architectures (at least 2 layers, not every layer alike:
+    each layer's KV groups, heads per group and MLP width drawn independently) stratified by
+    sqrt(parameter count) like `profile_plan`, for checking composed latency predictions."""
+    if space.family.head_dim_coupled:
+        raise LatpruneError(f"per-layer plans need a model whose hidden size does not follow its heads; "
+                            f"{space.model_type} derives head_dim from them")
+    rng = np.random.default_rng(seed)
+    choices, parent = space.choices(), space.parent
+    pool: dict[str, Architecture] = {}
+    while len(pool) < pool_factor * n:
+        depth = int(rng.integers(2, parent["layers"] + 1))
+        kv = rng.integers(1, parent["kv_groups"] + 1, depth)
+        heads = kv * rng.integers(1, space.max_q_per_kv + 1, depth)
+        mlp = rng.choice(choices["mlp"], depth)
+        arch = Architecture.per_layer(range(depth), heads.tolist(), kv.tolist(), mlp.tolist(),
+                                      int(rng.choice(choices["hidden"])))
+        if not arch.is_uniform:
+            pool[arch.id] = space.validate(arch)
+    candidates = list(pool.values())
+    params = np.array([space.num_params(a) for a in candidates], dtype=float)
+    lo, hi = params.min() ** 0.5, params.max() ** 0.5
+    return _nearest_each(candidates, params, np.linspace(lo, hi, n) ** 2)

@@ -304,3 +304,23 @@ def test_paired_timing_adds_bursts_while_the_ratio_is_uncertain():
     steady = dataclasses.replace(device, ratio_tolerance=10.0)
     assert all(t.bursts == 3 for t in time_steps(_Sleeper(1.0, {"calls": 0}), steady,
                                                  _Sleeper(1.0, {"calls": 0})).values())
+
+
+def test_per_layer_plan_profiles_heterogeneous_models_held_out_of_training(tiny_dir, tmp_path):
+    from latprune.architecture import Architecture
+    from latprune.profiling.dataset import HETERO_ROLE, usable_rows
+    from latprune.profiling.sampling import per_layer_plan
+
+    space = SearchSpace.from_config(tiny_configs()["llama"])
+    plan = per_layer_plan(space, 6, seed=2)
+    assert len({a.id for a in plan}) == 6 and not any(a.is_uniform for a in plan)
+    assert all(a.num_layers >= 2 for a in plan)
+    params = sorted(space.num_params(a) for a in plan)
+    assert params[-1] > 2 * params[0]  # spread over sizes
+    out = tmp_path / "p.parquet"
+    profile(str(tiny_dir), "cpu", 2, Workload(prompt=16, generate=4), out=out, per_layer=True, progress=False)
+    rows = read_profile(out)
+    hetero = rows[rows.role == HETERO_ROLE]
+    assert len(hetero) == 2 and (hetero.status == "ok").all() and (hetero.decode_ms > 0).all()
+    assert not any(Architecture.from_json(j).is_uniform for j in hetero.arch_json)
+    assert usable_rows(rows)[1]["used"] == 0  # never trained on
