@@ -74,6 +74,13 @@ def cmd_eval(args) -> int:
 def cmd_devices(args) -> int:
     from latprune.profiling.devices import availability, load_devices
 
+    if args.ray:
+        from latprune.profiling.fleet import offered, resource
+
+        nodes = offered(args.ray)
+        for name in sorted({*load_devices(args.devices_file), *nodes}):
+            print(f"{name:10s} {nodes.get(name, 0)} node(s) of the Ray cluster offer {resource(name)}")
+        return 0
     for dev in load_devices(args.devices_file).values():
         ok, why = availability(dev)
         print(f"{dev.name:10s} {'usable' if ok else 'NOT usable':10s} {'+'.join(dev.providers):45s} {dev.dtype}  "
@@ -89,12 +96,30 @@ def cmd_profile(args) -> int:
     if (args.plan == "transfer") != bool(args.transfer_from):
         raise LatpruneError("--plan transfer and --transfer-from SOURCE go together: the plan spreads the samples "
                             "over the latency range the sources predict")
+    if args.ray:
+        return _fleet_profile(args)
+    if "," in args.device:
+        raise LatpruneError("several devices at once run on a Ray cluster: add --ray ADDRESS (or --ray auto)")
 
     out = profile(args.model, args.device, args.samples, Workload.parse(args.workload), out=args.out, seed=args.seed,
                   aim=args.aim, aim_metric=args.metric, transfer_from=args.transfer_from or (),
                   per_layer=args.plan == "per-layer",
                   devices_file=args.devices_file, keep_onnx=args.keep_onnx)
     print(f"wrote {out}")
+    return 0
+
+
+def _fleet_profile(args) -> int:
+    from latprune.profiling.fleet import fleet_profile
+
+    from .workload import Workload
+
+    if args.plan != "spread" or args.aim is not None or args.keep_onnx:
+        raise LatpruneError("--ray profiles the default plan: drop --plan, --aim and --keep-onnx")
+    outs = fleet_profile(args.model, args.device.split(","), args.samples, Workload.parse(args.workload),
+                         address=args.ray, out_dir=args.out, seed=args.seed, devices_file=args.devices_file)
+    for name, path in outs.items():
+        print(f"{name}: wrote {path}")
     return 0
 
 
@@ -379,9 +404,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", **windows)
 
     p = add("devices", cmd_devices, "list devices and whether they are usable here",
-            "example:\n  latprune devices --devices-file my_devices.toml")
+            "examples:\n  latprune devices --devices-file my_devices.toml\n  latprune devices --ray auto")
     p.add_argument("--devices-file",
                    help="TOML file with [devices.NAME] tables (default ~/.config/latprune/devices.toml)")
+    p.add_argument("--ray", metavar="ADDRESS", help="list the devices the nodes of this Ray cluster offer")
 
     p = add("profile", cmd_profile, "measure ONNX Runtime latency of sampled sub-architectures on a device",
             "examples:\n  latprune profile --device cpu --model default --samples 40\n"
@@ -398,6 +424,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="Parquet file (default profiles/DEVICE.parquet); appended to, resumable")
     p.add_argument("--seed", **seed)
     p.add_argument("--devices-file", help="TOML file with extra devices")
+    p.add_argument("--ray", metavar="ADDRESS", help="profile on a Ray cluster ('auto': the local one); --device may "
+                   "then name several devices, comma-separated, each run on the nodes offering latprune:NAME, "
+                   "and --out is a folder (one NAME.parquet each)")
     p.add_argument("--keep-onnx", action="store_true", help="keep every exported graph in the cache")
     p.add_argument("--aim", type=_number(0, 1), help="aim half of the samples at this fraction of the parent's "
                                                     "latency (e.g. 0.6, your budget; default: all space-filling)")
