@@ -134,11 +134,11 @@ def test_failed_sample_is_recorded_and_the_run_goes_on(tiny_dir, tmp_path, monke
     real = run.export_onnx
     calls = {"n": 0}
 
-    def flaky(model, folder, device="cpu"):
+    def flaky(model, folder, device="cpu", **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("exporter exploded")
-        return real(model, folder, device)
+        return real(model, folder, device, **kwargs)
 
     monkeypatch.setattr(run, "export_onnx", flaky)
     out = profile(str(tiny_dir), "cpu", 3, Workload(prompt=16, generate=4), out=tmp_path / "p.parquet",
