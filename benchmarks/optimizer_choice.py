@@ -39,7 +39,7 @@ def main() -> None:
     for name in CANDIDATES:
         best = []
         for seed in range(args.seeds):
-            opts = SearchOptions(budget, evaluations=args.evaluations, optimizer=name, seed=seed)
+            opts = SearchOptions(budget, evaluations=args.evaluations, optimizer=name, seed=seed, strategy="nas")
             frame = find_candidates(ranked, predictor, windows, workload, opts, progress=False).frame()
             best.append(float(frame.perplexity.min()))
             print(name, seed, best[-1], flush=True)

@@ -56,6 +56,9 @@ class SearchOptions:
             raise LatpruneError(f"--recover-minutes must be a number >= 0; got {self.recover_minutes!r}")
         if self.dtype not in DTYPES:
             raise LatpruneError(f"--dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
+        if self.strategy != "nas" and self.optimizer != DEFAULT_OPTIMIZER:
+            raise LatpruneError(f"--optimizer drives the nevergrad search of --strategy nas; the '{self.strategy}' "
+                                "strategy has none (add --strategy nas)")
         if self.strategy == "nas" and self.optimizer != DEFAULT_OPTIMIZER:
             import nevergrad as ng
 

@@ -34,7 +34,7 @@ def budget_at(predictor, ranked, fraction):
 
 def test_same_seed_same_winner(setup):
     ranked, predictor, windows = setup
-    opts = SearchOptions(budget_at(predictor, ranked, 0.8), evaluations=12, seed=3)
+    opts = SearchOptions(budget_at(predictor, ranked, 0.8), evaluations=12, seed=3, strategy="nas")
     runs = [find_candidates(ranked, predictor, windows, Workload(), opts, progress=False).frame() for _ in range(2)]
     best = [r.sort_values("perplexity").iloc[0] for r in runs]
     assert best[0].arch_id == best[1].arch_id and list(runs[0].arch_id) == list(runs[1].arch_id)
@@ -72,7 +72,7 @@ def test_pareto_front_keeps_only_non_dominated():
 
 def test_the_near_budget_round_reaches_past_the_upper_bound_and_shares_perplexities(setup):
     ranked, predictor, windows = setup
-    opts = SearchOptions(budget_at(predictor, ranked, 0.8), evaluations=8, seed=1)
+    opts = SearchOptions(budget_at(predictor, ranked, 0.8), evaluations=8, seed=1, strategy="nas")
     safe = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False)
     near = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, bound="median",
                            perplexities=safe.perplexities)
@@ -288,7 +288,7 @@ def test_candidates_of_other_depths_get_the_short_distillation_before_the_device
     monkeypatch.setattr(recovery, "calibration_windows", lambda *a, **k: windows)
     monkeypatch.setattr(recovery, "perplexity", lambda child, w: 1e7 / child.num_parameters())  # larger: better
     monkeypatch.setattr(recovery, "BAND", (0.5, 1.0))  # a band the tiny space's coarse steps can land in
-    opts = SearchOptions(limit, finalists=2, finalist_steps=3, evaluations=8)
+    opts = SearchOptions(limit, finalists=2, finalist_steps=3, evaluations=8, strategy="nas")
     prep = Prepared(None, predictor, Workload(), ranked, opts)
     cands = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, bound="median").frame()
     ranked_cands, tried = recovery.rank_by_recovery(prep, cands, progress=False)
@@ -344,3 +344,8 @@ def test_the_fallback_is_timed_only_when_no_refined_finalist_meets_the_budget(se
     assert preferred == 1 and verified.measured[near.id]["decode_ms"] == pytest.approx(10 * preferred_ratio)
     assert len(session.timed) == (6 if fallback_timed else 3) and {r for _, r in session.timed} == {"verify"}
     assert list(cands.finalist) == [True, fallback_timed]
+
+
+def test_an_optimizer_without_the_nas_strategy_is_one_line():
+    with pytest.raises(LatpruneError, match="--optimizer drives the nevergrad search of --strategy nas"):
+        SearchOptions(10.0, strategy="layers", optimizer="NGOpt")
