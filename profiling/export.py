@@ -52,9 +52,9 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = F
     """Export `model` to `out_dir/model.onnx` (with KV cache); returns the .onnx path.
     `final` (a delivered model, not a timing sample): tied weights are stored once, and the
     folder's config is one optimum's `ORTModelForCausalLM` runs (see `_runtime_config`).
-    `kv_heads`: a per-layer model's KV heads, layer by layer (each layer's cache inputs and
-    outputs get its own shape; plain ONNX Runtime runs the graph, optimum's
-    `ORTModelForCausalLM` assumes one shape for every layer)."""
+    `kv_heads`: a per-layer model's KV heads, layer by layer (default: read from its layers,
+    `layer_kv_heads`); each layer's cache inputs and outputs get its own shape (plain ONNX
+    Runtime runs the graph, optimum's `ORTModelForCausalLM` assumes one shape for every layer)."""
     from optimum.exporters.onnx import onnx_export_from_model
 
     out_dir = Path(out_dir)
@@ -65,6 +65,7 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = F
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            kv_heads = kv_heads or layer_kv_heads(model)
             custom = {"model": per_layer_onnx_config(model, kv_heads)} if kv_heads else None
             onnx_export_from_model(model, tmp, task="text-generation-with-past", do_validation=False, device=device,
                                    no_post_process=not final,  # post-processing dedups tied weights: 1.5x slower
@@ -81,6 +82,17 @@ def export_onnx(model, out_dir: str | Path, device: str = "cpu", final: bool = F
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "model.onnx"
+
+
+def layer_kv_heads(model) -> list[int] | None:
+    """Each layer's KV heads when they differ from the config's (a per-layer Llama-family
+    model); None when every layer has the config's shape."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    head_dim = getattr(model.config, "head_dim", None)
+    if not layers or not head_dim or not hasattr(getattr(layers[0], "self_attn", None), "k_proj"):
+        return None
+    kv = [layer.self_attn.k_proj.out_features // head_dim for layer in layers]
+    return kv if any(k != model.config.num_key_value_heads for k in kv) else None
 
 
 def per_layer_onnx_config(model, kv_heads: list[int]):

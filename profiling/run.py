@@ -95,8 +95,7 @@ class Profiler:
             return folder / "model.onnx", 0.0
         t0 = time.perf_counter()
         model = random_model(self.config, arch, self.device.dtype, self.device.torch_device)
-        path = export_onnx(model, folder, self.device.torch_device,
-                           kv_heads=None if arch.is_uniform else list(arch.kv_groups))
+        path = export_onnx(model, folder, self.device.torch_device)
         return path, time.perf_counter() - t0
 
     def _reference_model(self) -> TimedModel:

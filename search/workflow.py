@@ -300,8 +300,7 @@ class SearchResult:
         with atomic_dir(out, SEARCH_MARKER, inputs) as tmp:
             save_compressed(saved, self.winner, tmp / "model", ranked.model.config, ranked.tokenizer,
                             extra={"search": summary})
-            export_onnx(self.child, tmp / "onnx", final=True,
-                        kv_heads=None if self.winner.is_uniform else list(self.winner.kv_groups))
+            export_onnx(self.child, tmp / "onnx", final=True)
             self.cands.to_parquet(tmp / "candidates.parquet", index=False)
             (tmp / SEARCH_MARKER).write_text(json.dumps(summary, indent=2, default=float))
 
