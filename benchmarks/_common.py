@@ -46,3 +46,14 @@ def write_markdown(name: str, title: str, body: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(f"# {title}\n\nCommand: `{command}`  \nHost: {host_line()}\n\n{body}\n")
     return path
+
+
+def first_rows(frame, n: int):
+    """The profile's first `n` usable sample rows (plan order, what a profile of `n` samples
+    would have) and its reference rows."""
+    import pandas as pd
+
+    from latprune.profiling.dataset import usable_rows
+
+    samples, _ = usable_rows(frame)
+    return pd.concat([samples.iloc[:n], frame[frame.role == "reference"]], ignore_index=True)

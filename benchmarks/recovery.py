@@ -9,8 +9,12 @@ distillation from the parent for whatever time is left. Strategies:
   nas-recovery    NAS with the recovery-aware ranking: a shortlist near the budget (with
                   sub-networks of other depths) distilled for the same few steps before
                   any device timing, the best passing finalist after them then distilled
-                  further (latprune's default)
-  layers          layer dropping by importance, then the same distillation
+                  further (the default until this benchmark)
+  layers          layer dropping by importance, then the same distillation (what the
+                  default `--strategy auto` does wherever some depth meets the budget)
+  per-layer       layer dropping, then a per-layer search (`--space per-layer`, 20
+                  evaluations) seeded by it; the best of each space gets the same few
+                  steps, the better one goes on
   uniform         every width and the depth scaled by one factor, then the same distillation
   supernet        the super-network fine-tuned first (`latprune supernet`, sandwich rule, KD
                   from the parent; its training time is charged to every row that uses it),
@@ -53,8 +57,12 @@ from latprune.search.refine import refine_on_device
 from latprune.search.workflow import SearchOptions, candidates, passing_finalists, prepare, verify_finalists
 from latprune.text import heldout_windows, second_windows
 
-STRATEGIES = {"nas-zero-shot": ("nas", 0), "nas-recovery": ("nas", 6), "layers": ("layers", 6),
-              "uniform": ("uniform", 6), "supernet": ("nas", 6)}  # name -> (search strategy, finalist steps)
+STRATEGIES = {  # name -> its SearchOptions
+    "nas-zero-shot": {"strategy": "nas", "finalist_steps": 0}, "nas-recovery": {"strategy": "nas", "finalist_steps": 6},
+    "layers": {"strategy": "layers", "finalist_steps": 6}, "uniform": {"strategy": "uniform", "finalist_steps": 6},
+    "supernet": {"strategy": "nas", "finalist_steps": 6},
+    "per-layer": {"strategy": "layers", "finalist_steps": 6, "space": "per-layer", "evaluations": 20},
+}
 WINDOWS = 40
 
 
@@ -99,8 +107,7 @@ def supernet_cost(work: Path, steps: int) -> tuple[str, dict]:
 
 def strategy_row(name: str, fraction: float, parent_ms: float, args, work: Path) -> tuple[object, dict]:
     """Prepare one strategy at one budget and run its row; (prep, row with the child model)."""
-    strategy, steps = STRATEGIES[name]
-    opts = SearchOptions(round(fraction * parent_ms, 2), strategy=strategy, finalist_steps=steps)
+    opts = SearchOptions(round(fraction * parent_ms, 2), **STRATEGIES[name])
     folder, cost = supernet_cost(work, args.supernet_steps) if name == "supernet" else (None, None)
     prep = prepare("default", "cpu", opts, predictor=args.predictor, supernet=folder, progress=False)
     record = work / f"{fraction}-{name}.parquet"  # each row refines from the same profile

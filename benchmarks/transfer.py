@@ -32,12 +32,6 @@ from latprune.predictors.transfer import load_sources
 from latprune.profiling.dataset import baseline, read_profile, reference_rows, stat_column, usable_rows
 
 
-def first_rows(frame: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The profile's first `n` usable sample rows (plan order) and its reference rows."""
-    samples, _ = usable_rows(frame)
-    return pd.concat([samples.iloc[:n], frame[frame.role == "reference"]], ignore_index=True)
-
-
 def on_scale(heldout: pd.DataFrame, scale: dict[str, float], exclude: set[str]) -> pd.DataFrame:
     """Held-out sample rows not in `exclude`, each metric as its paired ratio x `scale`."""
     rows, _ = usable_rows(heldout)
@@ -59,7 +53,7 @@ def evaluate(source, target: pd.DataFrame, heldout: pd.DataFrame, sizes: list[in
     scale = baseline(target)
     out = []
     for n in sizes:
-        train = first_rows(target, n)
+        train = _common.first_rows(target, n)
         test = on_scale(heldout, scale, set(train.arch_id))
         transferred = Predictor.fit(train, "transfer", sources=source)
         space = transferred.space

@@ -327,12 +327,22 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin", type=_number(0, 1, strict=False), default=_option_default("safety_margin"),
                    help="safety margin: predicted upper bound <= budget x (1 - margin)")
     p.add_argument("--strategy", default=_option_default("strategy"), choices=STRATEGIES,
-                   help="nas (default), random, uniform or layers")
+                   help="auto (default: layers when some depth meets the budget, else nas), nas, random, uniform "
+                        "or layers")
+    _space_arg(p)
     p.add_argument("--optimizer", default=_option_default("optimizer"),
-                   help="nevergrad optimizer for --strategy nas (default chosen in benchmarks/optimizer_choice.py: "
-                        "%(default)s)")
+                   help="nevergrad optimizer for --strategy nas and --space per-layer (default chosen in "
+                        "benchmarks/optimizer_choice.py: %(default)s)")
     p.add_argument("--pareto", type=_integer(0), default=_option_default("pareto"),
                    help="also report K points of the perplexity/latency front")
+
+
+def _space_arg(p: argparse.ArgumentParser) -> None:
+    from latprune.search.options import SPACES
+
+    p.add_argument("--space", default=_option_default("space"), choices=SPACES,
+                   help="uniform (default: every kept layer alike) or per-layer (a per-layer search seeded by the "
+                        "strategy's best follows each round; llama, mistral, qwen2, qwen3)")
 
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
@@ -490,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="profiled architectures, half of them aimed at the budget (default %(default)s)")
     _evaluations_arg(p)
     _selection_args(p)
+    _space_arg(p)
     p.add_argument("--supernet-steps", type=_integer(0), default=0,
                    help="fine-tune the super-network for N sandwich steps first (cached; default 0)")
     p.add_argument("--out", default="out/run")

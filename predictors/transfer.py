@@ -47,14 +47,11 @@ def require_jax():
     return jax
 
 
-def source_log_medians(sources: list[Predictor], metric: str, cols: pd.DataFrame) -> np.ndarray:
-    """[n, K]: log of each source's predicted median of `metric` for columns (RAW names,
-    the target's batch and prompt), each source's features built with its own dtype."""
-    out = []
-    for src in sources:
-        f = features(src.space, cols[RAW], src.dtype)
-        out.append(np.log(src.surrogates[metric].predict_all(f)))
-    return np.column_stack(out)
+def source_medians(sources: list[Predictor], metric: str, cols: pd.DataFrame) -> np.ndarray:
+    """[n, K]: each source's predicted median of `metric` for columns (RAW names, the
+    target's batch and prompt), each source's features built with its own dtype."""
+    return np.column_stack([src.surrogates[metric].predict_all(features(src.space, cols[RAW], src.dtype))
+                            for src in sources])
 
 
 def _loo_ridge(a: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +101,7 @@ class TransferSurrogate:
 
     def _design(self, f: pd.DataFrame) -> np.ndarray:
         """[sources' medians, roofline terms (bytes, FLOPs, layers) and 1 scaled to them]."""
-        s = np.exp(source_log_medians(self.sources, self.metric, f))
+        s = source_medians(self.sources, self.metric, f)
         terms = np.column_stack([roofline_terms(f, self.metric)[:, :3], np.ones(len(f))])
         if self.scale is None:
             self.scale = s.mean() / terms.mean(axis=0)
@@ -225,7 +222,7 @@ def source_estimate(sources: list[Predictor], workload):
 
     def estimate(archs):
         cols = arch_columns(archs).assign(batch=workload.batch, prompt=workload.prompt)
-        logs = [source_log_medians(sources, m, cols).mean(axis=1) for m in ("prefill_ms", "decode_ms")]
-        return np.exp(np.column_stack(logs))
+        logs = [np.log(source_medians(sources, m, cols)).mean(axis=1) for m in ("prefill_ms", "decode_ms")]
+        return np.exp(np.column_stack(logs))  # the sources' geometric mean
 
     return estimate

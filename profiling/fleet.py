@@ -113,8 +113,7 @@ class _Device:
 
     def __init__(self, device: Device, writer: ProfileWriter, plan: list[Architecture], position: int):
         self.device, self.writer = device, writer
-        done = set(writer.rows(role="sample")["arch_id"]) if not writer.frame.empty else set()
-        self.queue = deque(a for a in plan if a.id not in done)
+        self.queue = deque(a for a in plan if a.id not in self.sampled())
         self.bar = tqdm(total=len(plan), initial=len(plan) - len(self.queue), desc=f"profile {device.name}",
                         unit="sample", position=position)
         self.idle: list = []
@@ -124,9 +123,13 @@ class _Device:
         frame = self.writer.frame
         return frame[frame.role == "reference"] if not frame.empty else frame
 
+    def sampled(self) -> set[str]:
+        """Ids of the architectures the file already has sample rows of."""
+        frame = self.writer.frame
+        return set(frame.arch_id[frame.role == "sample"]) if not frame.empty else set()
+
     def record(self, rows: list[dict[str, Any]]) -> None:
-        done = set(self.writer.frame.arch_id[self.writer.frame.role == "sample"]) if not self.writer.frame.empty \
-            else set()
+        done = self.sampled()
         for row in rows:
             if row["role"] == "sample" and row["arch_id"] in done:
                 continue  # never a duplicate row

@@ -15,7 +15,6 @@ import torch
 from latprune.architecture import Architecture
 from latprune.compress.quality import perplexity
 from latprune.compress.ranked import RankedModel
-from latprune.predictors.features import arch_columns
 from latprune.predictors.predictor import Predictor
 from latprune.workload import Workload
 
@@ -45,7 +44,8 @@ class Evaluator:
         return self.metric + ("_upper" if self.bound == "upper" else "")
 
     def predicted(self, archs: list[Architecture]) -> pd.DataFrame:
-        return self.predictor.predict_columns(arch_columns(archs), self.workload)
+        """Predicted metrics and upper bounds (per-layer architectures composed)."""
+        return self.predictor.predict(archs, self.workload)
 
     def prediction(self, arch: Architecture) -> pd.Series:
         """Predicted metrics and upper bounds of one architecture (cached by id: nevergrad's

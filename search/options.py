@@ -10,7 +10,8 @@ from latprune.errors import LatpruneError
 from latprune.workload import METRICS
 
 DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimizer_choice.md
-STRATEGIES = ("nas", "random", "uniform", "layers")
+STRATEGIES = ("auto", "nas", "random", "uniform", "layers")
+SPACES = ("uniform", "per-layer")  # per-layer: search/per_layer.py
 DTYPES = ("bf16", "fp32")  # of the saved checkpoint
 DEFAULT_RECOVER_MINUTES = 6.0  # distillation (finalists' + winner's); keeps `latprune run` within ~25 minutes here
 RUN_SAMPLES = 24  # `latprune run`'s profile: half space-filling, half aimed at the budget
@@ -26,8 +27,9 @@ class SearchOptions:
     metric: str = "decode_ms"
     safety_margin: float = 0.0
     evaluations: int = 60
-    strategy: str = "nas"
+    strategy: str = "auto"  # layers when some depth fits, else nas (search/strategies.resolve_auto)
     optimizer: str = DEFAULT_OPTIMIZER
+    space: str = "uniform"  # "per-layer": a per-layer search follows each round, seeded by its best
     seed: int = 0
     finalists: int = 2  # near-budget candidates verified on the device (+ the best safe one as a fallback)
     device_measurements: int = 6  # refinement: candidates timed near the budget, the predictor refitted each time
@@ -42,6 +44,8 @@ class SearchOptions:
             raise LatpruneError(f"--metric must be one of {', '.join(METRICS)}; got '{self.metric}'")
         if self.strategy not in STRATEGIES:
             raise LatpruneError(f"--strategy must be one of {', '.join(STRATEGIES)}; got '{self.strategy}'")
+        if self.space not in SPACES:
+            raise LatpruneError(f"--space must be one of {', '.join(SPACES)}; got '{self.space}'")
         if self.latency_ms is not None and not (math.isfinite(self.latency_ms) and self.latency_ms > 0):
             raise LatpruneError(f"--latency-ms must be a positive number; got {self.latency_ms}")
         if not 0 <= self.safety_margin < 1:
@@ -56,15 +60,15 @@ class SearchOptions:
             raise LatpruneError(f"--recover-minutes must be a number >= 0; got {self.recover_minutes!r}")
         if self.dtype not in DTYPES:
             raise LatpruneError(f"--dtype must be one of {', '.join(DTYPES)}; got '{self.dtype}'")
-        if self.strategy != "nas" and self.optimizer != DEFAULT_OPTIMIZER:
-            raise LatpruneError(f"--optimizer drives the nevergrad search of --strategy nas; the '{self.strategy}' "
-                                "strategy has none (add --strategy nas)")
-        if self.strategy == "nas" and self.optimizer != DEFAULT_OPTIMIZER:
+        if self.optimizer != DEFAULT_OPTIMIZER:
             import nevergrad as ng
 
             if self.optimizer not in ng.optimizers.registry:
                 raise LatpruneError(f"unknown nevergrad optimizer '{self.optimizer}' (e.g. {DEFAULT_OPTIMIZER}, "
                                     "NGOpt, DiscreteOnePlusOne)")
+            if self.strategy != "nas" and self.space != "per-layer":
+                raise LatpruneError(f"--optimizer drives the nevergrad searches (--strategy nas, --space per-layer); "
+                                    f"the '{self.strategy}' strategy has none (add --strategy nas)")
 
     @property
     def limit_ms(self) -> float:

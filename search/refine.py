@@ -30,6 +30,7 @@ from latprune.architecture import Architecture
 from latprune.compress.ranked import WINDOW
 from latprune.errors import LatpruneError
 from latprune.predictors.predictor import Predictor
+from latprune.profiling.dataset import HETERO_ROLE
 from latprune.profiling.verify import DeviceSession
 from latprune.text import calibration_windows
 from latprune.workload import Workload
@@ -163,7 +164,7 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
     try:
         result = refine(cands, prep.predictor, prep.workload, opts, on_measured=measured, search_band=search_band,
                         known=_known_refinements(session, cands, m),
-                        measure=lambda a: session.on_scale(session.time(a, "refine"), m),
+                        measure=lambda a: session.on_scale(session.time(a, timing_role(a)), m),
                         refit=lambda: _refit(prep, session))
     finally:
         bar.close()
@@ -172,10 +173,18 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
     return result, pool
 
 
+def timing_role(arch: Architecture) -> str:
+    """The profile role of a refinement timing: "refine" (a training row) for a uniform
+    architecture; a per-layer one is recorded as HETERO_ROLE, which predictors do not train
+    on (their features describe uniform architectures; per-layer ones are composed)."""
+    return "refine" if arch.is_uniform else HETERO_ROLE
+
+
 def _known_refinements(session: DeviceSession, cands: pd.DataFrame, metric: str) -> dict[str, float]:
     """Latency (median, on the session's scale) of each candidate the record already holds
     refinement timings of: an interrupted or earlier search measured them."""
-    rows = session.writer.rows(role="refine", status="ok", **session.profiler.key)
+    rows = pd.concat([session.writer.rows(role=role, status="ok", **session.profiler.key)
+                      for role in ("refine", HETERO_ROLE)], ignore_index=True)
     if rows.empty:
         return {}
     rows = rows[rows.arch_id.isin(cands.arch_id) & ~rows.drift_flag.astype(bool)]

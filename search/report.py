@@ -177,6 +177,7 @@ def build_report(run_dir: str | Path, predictor_dir: str | Path | None = None,
         f"{summary['eval']['heldout_windows']} windows of {summary['eval']['window']} tokens.",
         "",
         f"Search: strategy `{summary['strategy']}`"
+        + (" (chosen by `auto`)" if summary.get("strategy_requested") == "auto" else "")
         + (f" ({summary['optimizer']})" if summary.get("optimizer") else "")
         + f", {summary['evaluations']} perplexity evaluations, workload {summary['workload']}.",
         *_budget_use(summary),

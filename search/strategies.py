@@ -7,7 +7,9 @@
 - `random`: uniform random architectures of the space, rejected when predicted infeasible;
 - `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept
   (largest feasible factor);
-- `layers`: layer dropping only, least important layers first (largest feasible depth).
+- `layers`: layer dropping only, least important layers first (largest feasible depth);
+- `auto` (the default): `layers` when some depth is predicted to meet the budget, else `nas`
+  (`resolve_auto`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ def depth_family(ev: Evaluator, low_ms: float, high_ms: float) -> list[Architect
         inside = [a for a, ms in zip(archs, median) if low_ms <= ms <= high_ms]
         out += inside[-1:]
     return out
+
+
+def resolve_auto(ev: Evaluator) -> str:
+    """The strategy `auto` stands for under `ev`'s limit: `layers` when some depth (all widths
+    kept) is predicted feasible, else `nas`. At equal time for search and recovery, layer
+    dropping had the best held-out perplexity and KL at 0.5x, 0.7x and 0.85x of the parent's
+    decode latency (benchmarks/results/recovery.md); it finds nothing where the embeddings and
+    LM head alone exceed the budget, which is where nas (which also cuts widths) takes over."""
+    return "layers" if _largest_feasible(ev, layer_family(ev)) else "nas"
 
 
 def run_strategy(ev: Evaluator, strategy: str, evaluations: int, seed: int, optimizer: str = DEFAULT_OPTIMIZER,

@@ -13,7 +13,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,17 @@ from latprune.profiling.dataset import STEPS, default_profile, stat_column
 from latprune.profiling.devices import Device, check_available, get_device
 from latprune.profiling.export import export_onnx
 from latprune.profiling.verify import ROUNDS, DeviceSession, Verification, measure_finalists
+from latprune.space import SearchSpace
 from latprune.text import calibration_windows, heldout_windows, second_windows
 from latprune.workload import METRICS, Workload
 
 from .evaluate import SEARCH_WINDOWS, Evaluator
 from .options import SearchOptions
 from .pareto import pareto_front, spread
+from .per_layer import check_per_layer, run_per_layer
 from .recovery import rank_by_recovery, recover, select_by_recovery
 from .refine import Refinement, by_rank, refine_on_device
-from .strategies import run_strategy
+from .strategies import resolve_auto, run_strategy
 
 HELDOUT_WINDOWS = 40
 SUMMARY_VERSION = 2
@@ -56,8 +58,9 @@ class Prepared:
     predictor: Predictor
     workload: Workload
     ranked: RankedModel
-    opts: SearchOptions
+    opts: SearchOptions  # its strategy resolved (never "auto")
     started: float = field(default_factory=time.perf_counter)
+    requested_strategy: str = ""  # what the user asked for, when it differs (e.g. "auto")
 
 
 def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: str | Path | None = None,
@@ -71,6 +74,8 @@ def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: s
     dev = get_device(device, devices_file)
     check_available(dev)
     config = load_config(model)
+    if opts.space == "per-layer":
+        check_per_layer(SearchSpace.from_config(config))
     pred = load_for(predictor, dev.name, model_identity(config)["config_hash"], allow_mismatch)
     workload = workload or pred.default_workload()
     pred.check_workload(workload, allow_mismatch)
@@ -80,7 +85,19 @@ def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: s
         from latprune.compress.supernet import attach_supernet
 
         ranked = attach_supernet(ranked, supernet)
-    return Prepared(dev, pred, workload, ranked, opts, started)
+    return _resolved(Prepared(dev, pred, workload, ranked, opts, started))
+
+
+def _resolved(prep: Prepared) -> Prepared:
+    """`prep` with strategy `auto` replaced by the one it stands for under the budget
+    (`strategies.resolve_auto`, on the predicted upper bound, as the safe round uses)."""
+    opts = prep.opts
+    if opts.strategy != "auto":
+        return prep
+    ev = Evaluator(prep.ranked, prep.predictor, torch.empty(0, dtype=torch.long), prep.workload, opts.metric,
+                   opts.limit_ms)
+    chosen = replace(opts, strategy=resolve_auto(ev))
+    return replace(prep, opts=chosen, requested_strategy="auto")
 
 
 def parent_answer(prep: Prepared) -> dict[str, Any] | None:
@@ -97,12 +114,13 @@ def parent_answer(prep: Prepared) -> dict[str, Any] | None:
 def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Tensor, workload: Workload,
                     opts: SearchOptions, progress: bool = True, *, bound: str = "upper",
                     perplexities: dict[str, float] | None = None,
-                    band: tuple[float, float] | None = None) -> Evaluator:
-    """Run the strategy with the limit on the predicted upper bound (`bound` "upper"), or on
-    the predicted median ("median"; "band": also at least `band[0]` x the limit, and at most
-    `band[1]` x it); every evaluated architecture is in the returned evaluator's records.
-    `perplexities` may be shared with an earlier round. Raises when even the smallest
-    sub-network is predicted over the budget."""
+                    band: tuple[float, float] | None = None, seeds: list[Architecture] | None = None) -> Evaluator:
+    """Run the strategy (or, given `seeds`, the per-layer search started from them) with the
+    limit on the predicted upper bound (`bound` "upper"), or on the predicted median
+    ("median"; "band": also at least `band[0]` x the limit, and at most `band[1]` x it);
+    every evaluated architecture is in the returned evaluator's records. `perplexities` may
+    be shared with an earlier round. Raises when even the smallest sub-network is predicted
+    over the budget."""
     low, high = band or (0.0, 1.0)
     ev = Evaluator(ranked, predictor, windows, workload, opts.metric, opts.limit_ms * high, bound=bound,
                    perplexities={} if perplexities is None else perplexities, floor_ms=opts.limit_ms * low)
@@ -110,7 +128,8 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
     if smallest_ms > opts.limit_ms:
         raise LatpruneError(f"--latency-ms {opts.latency_ms:g} is infeasible: the smallest sub-network's predicted "
                             f"{opts.metric} ({bound}) is {smallest_ms:.3f} ms; raise the budget or lower --margin")
-    desc = f"search {opts.strategy}" + {"upper": "", "median": " near the budget", "band": " in the budget band"}[bound]
+    where = {"upper": "", "median": " near the budget", "band": " in the budget band"}[bound]
+    desc = f"search {'per-layer' if seeds else opts.strategy}{where}"
     bar = tqdm(total=opts.evaluations, desc=desc, unit="eval", disable=not progress)
 
     def report(e: Evaluator) -> None:
@@ -121,7 +140,10 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
         bar.refresh()
 
     try:
-        run_strategy(ev, opts.strategy, opts.evaluations, opts.seed, opts.optimizer, report)
+        if seeds:
+            run_per_layer(ev, seeds, opts.evaluations, opts.seed, opts.optimizer, report)
+        else:
+            run_strategy(ev, opts.strategy, opts.evaluations, opts.seed, opts.optimizer, report)
         report(ev)
     finally:
         bar.close()
@@ -132,19 +154,26 @@ def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
     """Every evaluated architecture, best calibration perplexity first: a safe round (the
     predicted upper bound meets the budget) and, when refinement may measure candidates on
     the device, a round near the budget (the predicted median meets it; the device decides).
-    Column `bound` tells which."""
+    Column `bound` tells which. With `--space per-layer`, the last round (the one the
+    finalists come from) is followed by a per-layer search seeded by its two best
+    candidates (column `strategy` "per-layer")."""
     ranked, opts = prep.ranked, prep.opts
     calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
-    safe = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress)
-    if not safe.records:
-        raise LatpruneError(f"strategy '{opts.strategy}' found no architecture predicted to meet {opts.metric} <= "
-                            f"{opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full depth's "
-                            "latency); raise the budget or try another --strategy")
-    frames = [safe.frame()]
-    if opts.device_measurements:
-        near = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress, bound="median",
-                               perplexities=safe.perplexities)
-        frames.append(near.frame())
+    shared: dict[str, float] = {}
+    frames = []
+    bounds = ("upper", "median") if opts.device_measurements else ("upper",)
+    for bound in bounds:
+        found = find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress, bound=bound,
+                                perplexities=shared).frame()
+        if bound == "upper" and found.empty:
+            raise LatpruneError(f"strategy '{opts.strategy}' found no architecture predicted to meet {opts.metric} "
+                                f"<= {opts.limit_ms:.3f} ms (e.g. width scaling alone cannot go below the full "
+                                "depth's latency); raise the budget or try another --strategy")
+        frames.append(found)
+        if opts.space == "per-layer" and bound == bounds[-1] and not found.empty:
+            seeds = [Architecture.from_json(j) for j in found.sort_values("perplexity").arch_json.head(2)]
+            frames.append(find_candidates(ranked, prep.predictor, calib, prep.workload, opts, progress, bound=bound,
+                                          perplexities=shared, seeds=seeds).frame())
     cands = pd.concat(frames, ignore_index=True).drop_duplicates("arch_id", keep="first")
     return cands.sort_values("perplexity", kind="stable")
 
@@ -313,7 +342,9 @@ class SearchResult:
                               "(drift-corrected); raw figures are under measured_raw",
             "device": self.prep.device.name, "metric": m, "budget_ms": opts.latency_ms,
             "margin": opts.safety_margin, "workload": self.prep.workload.to_dict(), "strategy": opts.strategy,
-            "optimizer": opts.optimizer if opts.strategy == "nas" else None, "seed": opts.seed,
+            "strategy_requested": self.prep.requested_strategy or opts.strategy, "space": opts.space,
+            "optimizer": opts.optimizer if opts.strategy == "nas" or opts.space == "per-layer" else None,
+            "seed": opts.seed,
             "evaluations": len(self.cands),
             "device_measurements": self.refinement.spent + len(self.verified.finalists) * ROUNDS,
             "refinement": self._refinement(),

@@ -12,10 +12,9 @@ from latprune.profiling.dataset import read_profile
 pytestmark = pytest.mark.real_model  # needs the default model's tokenizer
 
 
-def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
+def tiny_llama(tmp_path, monkeypatch):
+    """A tiny Llama with the default tokenizer in tmp_path/tiny; the working directory moved there."""
     import latprune.profiling.run as profiling_run
-    from latprune.search.options import SearchOptions
-    from latprune.search.pipeline import run_pipeline
 
     tokenizer = load_tokenizer("default")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -25,7 +24,14 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     tokenizer.save_pretrained(model_dir)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(profiling_run, "DRIFT_THRESHOLD", 10.0)  # sub-ms timings of a toy model are noisy
+    return model_dir
 
+
+def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
+    from latprune.search.options import SearchOptions
+    from latprune.search.pipeline import run_pipeline
+
+    model_dir = tiny_llama(tmp_path, monkeypatch)
     opts = SearchOptions(None, evaluations=6, distill_steps=2)
     summary = run_pipeline(str(model_dir), "cpu", opts, samples=14, supernet_steps=1, out="out/run",
                            log=lambda *_: None)
@@ -62,3 +68,26 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert sorted(images) == ["pareto.png", "predicted_vs_measured.png"] and "## Quality" in report
+
+
+def test_run_with_the_per_layer_space_delivers_a_verified_model_that_loads_without_latprune(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from latprune import Architecture
+    from latprune.search.options import SearchOptions
+    from latprune.search.pipeline import run_pipeline
+
+    model_dir = tiny_llama(tmp_path, monkeypatch)
+    opts = SearchOptions(None, evaluations=5, distill_steps=1, finalist_steps=1, space="per-layer")
+    summary = run_pipeline(str(model_dir), "cpu", opts, samples=12, out="out/run", log=lambda *_: None)
+
+    out = tmp_path / "out" / "run"
+    assert summary["space"] == "per-layer" and summary["strategy_requested"] == "auto"
+    assert summary["winner"]["measured"]["decode_ms"] <= summary["budget_ms"]
+    cands = pd.read_parquet(out / "candidates.parquet")
+    per_layer = cands[cands.strategy == "per-layer"]
+    assert len(per_layer) and not all(Architecture.from_json(j).is_uniform for j in per_layer.arch_json)
+    assert (per_layer.bound == "median").all() and (per_layer.pred_decode_ms <= summary["budget_ms"] + 1e-9).all()
+    winner = Architecture.from_dict(summary["winner"]["architecture"])
+    model = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=not winner.is_uniform)
+    assert sum(p.numel() for p in model.parameters()) == summary["winner"]["parameters"]

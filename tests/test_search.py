@@ -10,7 +10,7 @@ from latprune.predictors.predictor import Predictor
 from latprune.search.evaluate import Evaluator
 from latprune.search.options import SearchOptions
 from latprune.search.pareto import pareto_front
-from latprune.search.strategies import layer_family
+from latprune.search.strategies import layer_family, resolve_auto
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
@@ -61,6 +61,20 @@ def test_layer_family_drops_least_important_layers_first(setup):
     ranked, predictor, windows = setup
     family = layer_family(Evaluator(ranked, predictor, windows, Workload(), "decode_ms", 1.0))
     assert family[0].layers == (int(ranked.ranking.layer_order[0]),)
+
+
+def test_auto_drops_layers_where_a_depth_fits_and_falls_back_to_nas_where_none_does(setup):
+    ranked, predictor, windows = setup
+
+    def resolved(limit_ms):
+        return resolve_auto(Evaluator(ranked, predictor, windows, Workload(), "decode_ms", limit_ms))
+
+    layers = layer_family(Evaluator(ranked, predictor, windows, Workload(), "decode_ms", 1.0))
+    upper = predictor.predict(layers).decode_ms_upper.to_numpy()
+    assert resolved(float(upper.min())) == "layers"  # the shallowest depth just fits
+    assert resolved(float(upper.min()) * 0.99) == "nas"  # no depth fits: only cutting widths can
+    smallest = predictor.predict([ranked.space.smallest()]).decode_ms_upper.iloc[0]
+    assert smallest < upper.min() * 0.99  # ...and nas then has feasible sub-networks to search
 
 
 def test_pareto_front_keeps_only_non_dominated():
@@ -347,5 +361,5 @@ def test_the_fallback_is_timed_only_when_no_refined_finalist_meets_the_budget(se
 
 
 def test_an_optimizer_without_the_nas_strategy_is_one_line():
-    with pytest.raises(LatpruneError, match="--optimizer drives the nevergrad search of --strategy nas"):
+    with pytest.raises(LatpruneError, match="--optimizer drives the nevergrad searches"):
         SearchOptions(10.0, strategy="layers", optimizer="NGOpt")

@@ -1,0 +1,141 @@
+"""Per-layer search (`--space per-layer`): every parent layer is dropped or kept with its own
+KV groups, query heads per group and MLP width (the hidden size is shared), searched with
+nevergrad against the composed latency prediction (`Predictor.predict`).
+
+It starts from the uniform round's best candidates (`seeds`) and from importance-guided
+tapers of the best one (`taper`): keep one to three more of the most important layers and
+narrow the MLPs of the least important kept layers until the prediction fits. The search
+then mutates layer by layer from there, so its best is never worse zero-shot than its seeds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from latprune.architecture import Architecture
+from latprune.errors import LatpruneError
+from latprune.space import SearchSpace
+
+from .evaluate import Evaluator
+
+DROPPED = 0  # an MLP width of 0 in the parametrization: the layer is dropped
+EXTRA_LAYERS = (1, 2, 3)  # tapers keep this many more layers than the seed
+
+
+def check_per_layer(space: SearchSpace) -> None:
+    """Refuse, in one line, a parent whose layers cannot differ in heads."""
+    if space.family.head_dim_coupled:
+        raise LatpruneError(f"--space per-layer needs a model whose hidden size does not follow its heads; "
+                            f"{space.model_type} derives head_dim from them (use --space uniform)")
+
+
+@dataclass(frozen=True)
+class LayerwiseSpace:
+    """The per-layer parametrization at one hidden size: per parent layer, an MLP width
+    (DROPPED drops the layer) and an attention shape (KV groups, query heads per group),
+    both ordered choices, smallest first."""
+
+    space: SearchSpace
+    hidden: int
+
+    @property
+    def attention(self) -> list[tuple[int, int]]:
+        """(kv_groups, q_per_kv) pairs, fewest attention weights first."""
+        pairs = [(kv, q) for kv in range(1, self.space.parent["kv_groups"] + 1)
+                 for q in range(1, self.space.max_q_per_kv + 1)]
+        return sorted(pairs, key=lambda p: (p[0] * p[1] + p[0], p[0]))
+
+    def parametrization(self):
+        import nevergrad as ng
+
+        n, attn = self.space.parent["layers"], len(self.attention)
+        mlp = [DROPPED, *self.space.mlp_choices]
+        return ng.p.Dict(**{f"mlp{i}": ng.p.TransitionChoice(mlp) for i in range(n)},
+                         **{f"attn{i}": ng.p.TransitionChoice(list(range(attn))) for i in range(n)})
+
+    def arch(self, values: dict[str, int]) -> Architecture | None:
+        """The architecture of parametrization `values`; None when every layer is dropped."""
+        kept = [i for i in range(self.space.parent["layers"]) if values[f"mlp{i}"] != DROPPED]
+        if not kept:
+            return None
+        shapes = [self.attention[values[f"attn{i}"]] for i in kept]
+        return Architecture.per_layer(kept, [kv * q for kv, q in shapes], [kv for kv, _ in shapes],
+                                      [int(values[f"mlp{i}"]) for i in kept], self.hidden)
+
+    def values(self, arch: Architecture) -> dict[str, int]:
+        """Inverse of `arch` (dropped layers keep the full attention shape)."""
+        index = {pair: k for k, pair in enumerate(self.attention)}
+        out = {}
+        for i in range(self.space.parent["layers"]):
+            out[f"mlp{i}"], out[f"attn{i}"] = DROPPED, len(index) - 1
+        for i, h, kv, m in zip(arch.layers, arch.heads, arch.kv_groups, arch.mlp):
+            out[f"mlp{i}"], out[f"attn{i}"] = m, index[(kv, h // kv)]
+        return out
+
+
+def taper(ev: Evaluator, seed: Architecture, extra: int) -> Architecture | None:
+    """`seed` with its `extra` most important dropped layers added back (shaped like its
+    widest layer), then the MLPs of the least important half of the kept layers narrowed one
+    step at a time, round robin, least important first, just until the prediction fits;
+    None when even the narrowest such taper does not."""
+    order = [int(i) for i in ev.ranked.ranking.layer_order]
+    added = [i for i in order if i not in seed.layers][:extra]
+    if len(added) < extra:
+        return None
+    shape = {i: (h, kv, m) for i, h, kv, m in zip(seed.layers, seed.heads, seed.kv_groups, seed.mlp)}
+    widest = max(shape.values(), key=lambda s: s[2])
+    kept = sorted([*seed.layers, *added])
+    least = [i for i in reversed(order) if i in kept][: max(1, len(kept) // 2)]
+    widths = list(ev.ranked.space.mlp_choices)
+
+    def at(level: int) -> Architecture:
+        mlp = {i: shape.get(i, widest)[2] for i in kept}
+        for step in range(level):
+            i = least[step % len(least)]
+            mlp[i] = widths[max(0, widths.index(mlp[i]) - 1)] if mlp[i] in widths else widths[0]
+        return Architecture.per_layer(kept, [shape.get(i, widest)[0] for i in kept],
+                                      [shape.get(i, widest)[1] for i in kept], [mlp[i] for i in kept], seed.hidden)
+
+    lo, hi = 0, len(least) * len(widths)
+    if not ev.feasible(at(hi)):
+        return None
+    while lo < hi:  # the fewest narrowing steps that fit (predicted latency falls with each step)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ev.feasible(at(mid)) else (mid + 1, hi)
+    return at(lo)
+
+
+def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, seed: int, optimizer: str,
+                  progress=None) -> None:
+    """Evaluate up to `evaluations` feasible per-layer architectures (results in
+    `ev.records`): the seeds and tapers of the first one, then nevergrad's mutations."""
+    import nevergrad as ng
+
+    ev.strategy = "per-layer"
+    check_per_layer(ev.ranked.space)
+    lw = LayerwiseSpace(ev.ranked.space, seeds[0].hidden)
+    param = lw.parametrization()
+    param.random_state = np.random.RandomState(seed)
+
+    def feasible(values: dict) -> bool:
+        arch = lw.arch(values)
+        return arch is not None and ev.feasible(arch)
+
+    param.register_cheap_constraint(feasible)
+    opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
+    starts = [*seeds, *(t for extra in EXTRA_LAYERS if (t := taper(ev, seeds[0], extra)) is not None)]
+    for start in starts:
+        if start.hidden == lw.hidden and ev.feasible(start):
+            opt.suggest(lw.values(start))
+    asks = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nevergrad warns when the cheap constraint is hard to satisfy
+        while len(ev.records) < evaluations and asks < 20 * evaluations:
+            asks += 1
+            cand = opt.ask()
+            arch = lw.arch(cand.value)
+            opt.tell(cand, 1e4 if arch is None else ev.loss(arch))
+            progress and progress(ev)

@@ -1,0 +1,87 @@
+"""Per-layer search (`--space per-layer`) on a tiny Llama with a synthetic predictor."""
+
+import pytest
+import torch
+
+from latprune import Architecture, LatpruneError, SearchSpace
+from latprune.compress.importance import compute_ranking
+from latprune.compress.ranked import RankedModel
+from latprune.predictors.predictor import Predictor
+from latprune.search.evaluate import Evaluator
+from latprune.search.options import SearchOptions
+from latprune.search.per_layer import LayerwiseSpace, check_per_layer, taper
+from latprune.search.workflow import find_candidates
+from latprune.workload import Workload
+
+from conftest import VOCAB, make_tiny, synthetic_profile
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = make_tiny("llama")
+    windows = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    ranked = RankedModel(model, None, SearchSpace.from_config(model.config),
+                         compute_ranking(model, windows, progress=False), "")
+    predictor = Predictor.fit(synthetic_profile(40, config=model.config), "roofline")
+    return ranked, predictor, windows
+
+
+def limit_at(predictor, ranked, fraction):
+    return fraction * predictor.predict([ranked.space.largest()]).iloc[0].decode_ms
+
+
+def test_parametrization_round_trips_a_per_layer_architecture(setup):
+    ranked, _, _ = setup
+    space = ranked.space
+    p = space.parent
+    lw = LayerwiseSpace(space, p["hidden"])
+    kept = [0, p["layers"] - 1]
+    arch = Architecture.per_layer(kept, [p["kv_groups"], 1], [p["kv_groups"], 1], [space.mlp_choices[0],
+                                  space.mlp_choices[-1]], p["hidden"])
+    assert lw.arch(lw.values(arch)) == arch
+    dropped = {k: (0 if k.startswith("mlp") else v) for k, v in lw.values(arch).items()}
+    assert lw.arch(dropped) is None  # every layer dropped: no architecture
+    assert lw.arch(lw.values(space.largest())) == space.largest()
+
+
+def test_taper_adds_the_most_important_layers_and_narrows_only_the_least_important(setup):
+    ranked, predictor, windows = setup
+    order = [int(i) for i in ranked.ranking.layer_order]
+    seed = ranked.space.from_values({**{k: v[-1] for k, v in ranked.space.choices().items()}, "layers": 2}, order)
+    kept, full = sorted(order[:3]), ranked.space.parent["mlp"]
+    narrowest = [ranked.space.mlp_choices[0] if i == order[2] else full for i in kept]
+    bounds = predictor.predict([Architecture.per_layer(kept, seed.heads[0], seed.kv_groups[0], m, seed.hidden)
+                                for m in (full, narrowest)]).decode_ms_upper
+    ev = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", bounds.mean())  # between the two
+    tapered = taper(ev, seed, extra=1)
+    assert tapered is not None and ev.feasible(tapered)
+    assert set(tapered.layers) == set(order[:3])
+    widths = dict(zip(tapered.layers, tapered.mlp))
+    assert widths[order[0]] == ranked.space.parent["mlp"]  # the most important layer keeps its width...
+    assert min(widths.values()) < ranked.space.parent["mlp"]  # ...a less important one is narrowed to fit
+    assert taper(ev, seed, extra=len(order)) is None  # more layers than the parent has
+
+
+def test_per_layer_round_stays_in_budget_and_never_loses_to_its_seeds(setup):
+    ranked, predictor, windows = setup
+    opts = SearchOptions(limit_at(predictor, ranked, 0.9), evaluations=10, seed=0, strategy="nas",
+                         space="per-layer")
+    uniform = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False)
+    seeds = [Architecture.from_json(j) for j in uniform.frame().sort_values("perplexity").arch_json.head(2)]
+    per = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, seeds=seeds,
+                          perplexities=uniform.perplexities).frame()
+    assert (per.strategy == "per-layer").all() and len(per) == opts.evaluations
+    archs = [Architecture.from_json(j) for j in per.arch_json]
+    composed = predictor.predict(archs).decode_ms_upper.to_numpy()
+    assert (composed <= opts.limit_ms + 1e-9).all()
+    assert (per.pred_decode_ms_upper.to_numpy() == composed).all()  # the records carry the composed prediction
+    assert not all(a.is_uniform for a in archs)  # it does leave the uniform space
+    assert per.perplexity.min() <= uniform.frame().perplexity.min()  # the best seed is evaluated first
+
+
+def test_per_layer_is_refused_in_one_line_where_heads_set_the_hidden_size():
+    gpt2 = SearchSpace.from_config(make_tiny("gpt2").config)
+    with pytest.raises(LatpruneError, match="--space per-layer needs a model whose hidden size does not follow"):
+        check_per_layer(gpt2)
+    with pytest.raises(LatpruneError, match="--space must be one of uniform, per-layer"):
+        SearchOptions(10.0, space="layerwise")
