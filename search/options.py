@@ -13,7 +13,7 @@ DEFAULT_OPTIMIZER = "PortfolioDiscreteOnePlusOne"  # benchmarks/results/optimize
 STRATEGIES = ("auto", "nas", "random", "uniform", "layers")
 SPACES = ("uniform", "per-layer")  # per-layer: search/per_layer.py
 DTYPES = ("bf16", "fp32")  # of the saved checkpoint
-DEFAULT_RECOVER_MINUTES = 6.0  # distillation (finalists' + winner's); keeps `latprune run` within ~25 minutes here
+DEFAULT_RECOVER_MINUTES = 8.0  # distillation (finalists' + winner's); keeps `latprune run` within ~25 minutes here
 RUN_SAMPLES = 24  # `latprune run`'s profile: half space-filling, half aimed at the budget
 
 

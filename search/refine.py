@@ -7,9 +7,12 @@ their predicted interval straddles the budget, and they would spend it. The best
 paired with the parent; the row joins the profile, the predictor is refitted on it, and the
 next candidate is chosen with the refitted predictor. When no candidate is left in the band,
 a band round (the search's own strategy, the predicted median held inside BAND) looks for
-more. It stops once `opts.finalists` candidates have *landed* (measured within `BAND` of the
-limit; its top leaves headroom for verification's noise), when even a band round finds none,
-or when the allowance (`opts.device_measurements`) is spent. Candidates the profile already
+more; when it finds none but two measured candidates bracket BAND (one under, one over), a
+round strictly between their predictions does (the depth between two measured depths of
+layer dropping, whose steps are coarser than BAND). It stops once `opts.finalists`
+candidates have *landed* (measured within `BAND` of the limit; its top leaves headroom for
+verification's noise), when even those rounds find none, or when the allowance
+(`opts.device_measurements`) is spent. Candidates the profile already
 holds refinement timings of (an interrupted or earlier search) count as measured without
 spending the allowance, so a rerun continues where it stopped.
 
@@ -52,7 +55,7 @@ class Refinement:
     measured: dict[str, float] = field(default_factory=dict)
     predictor: Predictor | None = None
     refits: int = 0
-    band_rounds: int = 0  # searches in the budget band, run when the pool had no candidate there
+    band_rounds: int = 0  # searches in the budget band (or between measurements bracketing it), run when needed
     pool: pd.DataFrame | None = None  # the candidates, with those the band rounds found
     reused: int = 0  # of `measured`, timed by an earlier search (rows already in the profile)
 
@@ -94,12 +97,16 @@ def next_candidate(pool: pd.DataFrame, predictor: Predictor, workload: Workload,
 
 def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: SearchOptions, *,
            measure: Callable[[Architecture], float], refit: Callable[[], Predictor | None],
-           search_band: Callable[[Predictor], pd.DataFrame] | None = None, known: dict[str, float] | None = None,
+           search_band: Callable[[Predictor, tuple[float, float]], pd.DataFrame] | None = None,
+           known: dict[str, float] | None = None,
            on_measured: Callable[[Architecture, float], None] | None = None) -> Refinement:
     """Measure near-budget candidates of `pool` (columns arch_id, arch_json, perplexity) one
     at a time with `measure` (-> latency of `opts.metric` on the predictor's scale), refitting
     after each with `refit` (None: keep the predictor). When the pool has no candidate left
-    in the band, `search_band(predictor)` searches there (new candidates, same columns).
+    in the band, `search_band(predictor, BAND)` searches there (new candidates, same
+    columns); when even that finds none but measured candidates bracket the band (one under
+    it, one over), `search_band` searches strictly between their predictions (`bracket`), so
+    a coarse family (layer dropping) still gets its member nearest the budget measured.
     `known`: latencies already measured (id -> ms), taken as they are and refitted on first."""
     result = Refinement(measured=dict(known or {}), predictor=predictor, reused=len(known or {}), pool=pool)
     if result.reused and (refitted := refit()) is not None:
@@ -109,12 +116,9 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
             break
         arch = next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
         if arch is None and search_band is not None:
-            found = search_band(result.predictor)
-            result.band_rounds += 1
-            if found.empty:  # e.g. layer dropping has no member in so narrow a band
-                break
-            result.pool = pd.concat([result.pool, found[~found.arch_id.isin(result.pool.arch_id)]], ignore_index=True)
-            arch = next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
+            arch = _search_more(result, search_band, BAND, workload, opts)
+        if arch is None and search_band is not None and (between := bracket(result, workload, opts)) is not None:
+            arch = _search_more(result, search_band, between, workload, opts)
         if arch is None:
             break
         result.measured[arch.id] = measure(arch)
@@ -122,6 +126,36 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
         if (refitted := refit()) is not None:
             result.predictor, result.refits = refitted, result.refits + 1
     return result
+
+
+def bracket(result: Refinement, workload: Workload, opts: SearchOptions) -> tuple[float, float] | None:
+    """Predicted latency / limit strictly between the measured candidate nearest under BAND
+    and the one nearest over it, or None when the measurements do not bracket BAND (or the
+    refitted predictor orders the two the other way)."""
+    limit = opts.limit_ms
+    under = {i: ms for i, ms in result.measured.items() if ms < BAND[0] * limit}
+    over = {i: ms for i, ms in result.measured.items() if ms > BAND[1] * limit}
+    if not under or not over:
+        return None
+    by_id = result.pool.set_index("arch_id").arch_json
+    pair = [Architecture.from_json(by_id[i]) for i in (max(under, key=under.get), min(over, key=over.get))]
+    lo, hi = result.predictor.predict(pair, workload)[opts.metric].to_numpy() / limit
+    return (lo * (1 + 1e-9), hi * (1 - 1e-9)) if lo < hi else None
+
+
+def _search_more(result: Refinement, search_band, band: tuple[float, float], workload: Workload,
+                 opts: SearchOptions) -> Architecture | None:
+    """A band round between `band` x the limit (predicted median): its candidates join the
+    pool; the best (`by_rank`) unmeasured one found, or None."""
+    found = search_band(result.predictor, band)
+    result.band_rounds += 1
+    if found.empty:  # e.g. layer dropping has no member in so narrow a band
+        return None
+    result.pool = pd.concat([result.pool, found[~found.arch_id.isin(result.pool.arch_id)]], ignore_index=True)
+    if band == BAND:
+        return next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
+    fresh = by_rank(found[~found.arch_id.isin(list(result.measured))])
+    return None if fresh.empty else Architecture.from_json(fresh.arch_json.iloc[0])
 
 
 def _refit(prep: Prepared, session: DeviceSession) -> Predictor | None:
@@ -150,8 +184,8 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
     calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
     shared = dict(zip(cands.arch_id, cands.perplexity))
 
-    def search_band(predictor: Predictor) -> pd.DataFrame:
-        return find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=BAND,
+    def search_band(predictor: Predictor, band: tuple[float, float]) -> pd.DataFrame:
+        return find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=band,
                                perplexities=shared).frame()
 
     bar = tqdm(total=opts.device_measurements, desc=f"refine on {prep.device.name}", unit="timing",

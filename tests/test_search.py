@@ -182,7 +182,7 @@ def test_when_no_candidate_is_in_the_band_refinement_searches_there():
     outside, inside = pool[(share < 0.9) | (share > 1.0)], pool[(share >= 0.95) & (share <= 0.99)]
     searched = []
 
-    def search_band(predictor):
+    def search_band(predictor, band):
         searched.append(predictor)
         return inside
 
@@ -192,8 +192,43 @@ def test_when_no_candidate_is_in_the_band_refinement_searches_there():
     import pandas as pd
 
     nothing = refine(outside, law, Workload(), opts, measure=law.ms, refit=lambda: None,
-                     search_band=lambda predictor: pd.DataFrame())  # a band round that finds no candidate at all
+                     search_band=lambda predictor, band: pd.DataFrame())  # a band round that finds nothing at all
     assert nothing.band_rounds == 1 and nothing.measured == {} and len(nothing.pool) == len(outside)
+
+
+def _frame(space, archs):
+    import pandas as pd
+
+    return pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
+                         "perplexity": [1e6 / space.num_params(a) for a in archs], "bound": ["median"] * len(archs)})
+
+
+def test_measurements_that_bracket_the_band_get_the_depth_between_them_measured():
+    from latprune.search.refine import BAND, refine
+
+    space = smol_like_space()
+    law = ScaledLaw(space)
+    full = {k: v[-1] for k, v in space.choices().items()}
+    shallow, middle, deep = (space.from_values({**full, "layers": n}) for n in (14, 15, 16))
+    limit = law.ms(middle)  # the depth between is predicted at 100% of the limit: outside BAND
+    opts = SearchOptions(limit, device_measurements=6, finalists=1)
+    device = {shallow.id: 0.90 * limit, deep.id: 1.05 * limit, middle.id: 0.97 * limit}  # it lands in truth
+    bands = []
+
+    def search_band(predictor, band):
+        bands.append(band)
+        fits = [a for a in (shallow, middle, deep) if band[0] * limit <= law.ms(a) <= band[1] * limit]
+        return _frame(space, fits)
+
+    result = refine(_frame(space, [shallow, deep]), law, Workload(), opts, measure=lambda a: device[a.id],
+                    refit=lambda: None, search_band=search_band, known={i: device[i] for i in (shallow.id, deep.id)})
+    assert result.landed(opts.limit_ms) == [middle.id] and result.spent == 1 and result.band_rounds == 2
+    assert bands[0] == BAND and bands[1] == pytest.approx((law.ms(shallow) / limit, law.ms(deep) / limit))
+    assert bands[1][0] > law.ms(shallow) / limit and bands[1][1] < law.ms(deep) / limit  # strictly between
+    none = refine(_frame(space, [shallow, deep]), law, Workload(), opts, measure=lambda a: device[a.id],
+                  refit=lambda: None, search_band=lambda predictor, band: _frame(space, []),
+                  known={i: device[i] for i in (shallow.id, deep.id)})
+    assert none.spent == 0 and none.band_rounds == 2  # nothing between them: refinement stops
 
 
 def test_no_device_measurements_means_no_refinement():
