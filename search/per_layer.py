@@ -10,7 +10,6 @@ then mutates layer by layer from there, so its best is never worse zero-shot tha
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from latprune.errors import LatpruneError
 from latprune.space import SearchSpace
 
 from .evaluate import Evaluator
+from .strategies import ask_and_tell
 
 DROPPED = 0  # an MLP width of 0 in the parametrization: the layer is dropped
 EXTRA_LAYERS = (1, 2, 3)  # tapers keep this many more layers than the seed
@@ -130,12 +130,4 @@ def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, se
     for start in starts:
         if start.hidden == lw.hidden and ev.feasible(start):
             opt.suggest(lw.values(start))
-    asks = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nevergrad warns when the cheap constraint is hard to satisfy
-        while len(ev.records) < evaluations and asks < 20 * evaluations:
-            asks += 1
-            cand = opt.ask()
-            arch = lw.arch(cand.value)
-            opt.tell(cand, 1e4 if arch is None else ev.loss(arch))
-            progress and progress(ev)
+    ask_and_tell(ev, opt, evaluations, lw.arch, progress)

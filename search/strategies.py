@@ -126,12 +126,19 @@ def _nevergrad(ev: Evaluator, evaluations: int, seed: int, optimizer: str, progr
     for family in (recipe_family, layer_family, uniform_family):
         for anchor in _largest_feasible(ev, family(ev)):
             opt.suggest(space.values_of(anchor))
+    ask_and_tell(ev, opt, evaluations, lambda values: space.from_values(values, order), progress)
+
+
+def ask_and_tell(ev: Evaluator, opt, evaluations: int, arch_of, progress=None) -> None:
+    """Ask nevergrad's `opt` for candidates and tell it their `ev.loss` until `evaluations`
+    architectures are evaluated (or 20x as many asks); `arch_of(value)` is the candidate's
+    architecture, or None for one that is none (it gets a loss above every other)."""
     asks = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nevergrad warns when the cheap constraint is hard to satisfy
         while len(ev.records) < evaluations and asks < 20 * evaluations:
             asks += 1
             cand = opt.ask()
-            arch = space.from_values(cand.value, order)
-            opt.tell(cand, ev.loss(arch))
+            arch = arch_of(cand.value)
+            opt.tell(cand, 1e4 if arch is None else ev.loss(arch))
             progress and progress(ev)

@@ -46,6 +46,21 @@ def make_tiny(family: str, seed: int = 0):
     return model
 
 
+@pytest.fixture(scope="module")
+def tiny_search():
+    """(ranked tiny Llama, a roofline predictor fitted on its synthetic profile, windows) for searches."""
+    from latprune import SearchSpace
+    from latprune.compress.importance import compute_ranking
+    from latprune.compress.ranked import RankedModel
+    from latprune.predictors.predictor import Predictor
+
+    model = make_tiny("llama")
+    windows = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    ranked = RankedModel(model, None, SearchSpace.from_config(model.config),
+                         compute_ranking(model, windows, progress=False), "")
+    return ranked, Predictor.fit(synthetic_profile(40, config=model.config), "roofline"), windows
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny(request):
     return make_tiny(request.param)

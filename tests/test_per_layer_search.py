@@ -1,29 +1,20 @@
 """Per-layer search (`--space per-layer`) on a tiny Llama with a synthetic predictor."""
 
 import pytest
-import torch
 
 from latprune import Architecture, LatpruneError, SearchSpace
-from latprune.compress.importance import compute_ranking
-from latprune.compress.ranked import RankedModel
-from latprune.predictors.predictor import Predictor
 from latprune.search.evaluate import Evaluator
 from latprune.search.options import SearchOptions
 from latprune.search.per_layer import LayerwiseSpace, check_per_layer, taper
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
-from conftest import VOCAB, make_tiny, synthetic_profile
+from conftest import make_tiny
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = make_tiny("llama")
-    windows = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
-    ranked = RankedModel(model, None, SearchSpace.from_config(model.config),
-                         compute_ranking(model, windows, progress=False), "")
-    predictor = Predictor.fit(synthetic_profile(40, config=model.config), "roofline")
-    return ranked, predictor, windows
+def setup(tiny_search):
+    return tiny_search
 
 
 def limit_at(predictor, ranked, fraction):

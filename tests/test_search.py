@@ -1,11 +1,8 @@
 """Search on a tiny model with a synthetic predictor: reproducibility and budget handling."""
 
 import pytest
-import torch
 
-from latprune import Architecture, LatpruneError, SearchSpace
-from latprune.compress.importance import compute_ranking
-from latprune.compress.ranked import RankedModel
+from latprune import Architecture, LatpruneError
 from latprune.predictors.predictor import Predictor
 from latprune.search.evaluate import Evaluator
 from latprune.search.options import SearchOptions
@@ -14,17 +11,12 @@ from latprune.search.strategies import layer_family, resolve_auto
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
-from conftest import VOCAB, make_tiny, smol_like_space, synthetic_profile
+from conftest import smol_like_space, synthetic_profile
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = make_tiny("llama")
-    windows = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
-    ranked = RankedModel(model, None, SearchSpace.from_config(model.config),
-                         compute_ranking(model, windows, progress=False), "")
-    predictor = Predictor.fit(synthetic_profile(40, config=model.config), "roofline")
-    return ranked, predictor, windows
+def setup(tiny_search):
+    return tiny_search
 
 
 def budget_at(predictor, ranked, fraction):
