@@ -342,7 +342,7 @@ def _space_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--space", default=_option_default("space"), choices=SPACES,
                    help="uniform (default: every kept layer alike) or per-layer (a per-layer search seeded by the "
-                        "strategy's best follows each round; llama, mistral, qwen2, qwen3)")
+                        "strategy's best follows its last round; llama, mistral, qwen2, qwen3)")
 
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
