@@ -29,7 +29,7 @@ class SearchOptions:
     evaluations: int = 60
     strategy: str = "auto"  # layers when some depth fits, else nas (search/strategies.resolve_auto)
     optimizer: str = DEFAULT_OPTIMIZER
-    space: str = "uniform"  # "per-layer": a per-layer search follows each round, seeded by its best
+    space: str = "uniform"  # "per-layer": a per-layer search follows the last round, seeded by its best
     seed: int = 0
     finalists: int = 2  # near-budget candidates verified on the device (+ the best safe one as a fallback)
     device_measurements: int = 6  # refinement: candidates timed near the budget, the predictor refitted each time
