@@ -66,9 +66,14 @@ class SearchOptions:
             if self.optimizer not in ng.optimizers.registry:
                 raise LatpruneError(f"unknown nevergrad optimizer '{self.optimizer}' (e.g. {DEFAULT_OPTIMIZER}, "
                                     "NGOpt, DiscreteOnePlusOne)")
-            if self.strategy != "nas" and self.space != "per-layer":
+            if not self.uses_optimizer:
                 raise LatpruneError(f"--optimizer drives the nevergrad searches (--strategy nas, --space per-layer); "
                                     f"the '{self.strategy}' strategy has none (add --strategy nas)")
+
+    @property
+    def uses_optimizer(self) -> bool:
+        """Whether a nevergrad search runs (`--strategy nas` or `--space per-layer`)."""
+        return self.strategy == "nas" or self.space == "per-layer"
 
     @property
     def limit_ms(self) -> float:

@@ -116,9 +116,9 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
             break
         arch = next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
         if arch is None and search_band is not None:
-            arch = _search_more(result, search_band, BAND, workload, opts)
+            arch = _search_more(result, search_band, BAND)
         if arch is None and search_band is not None and (between := bracket(result, workload, opts)) is not None:
-            arch = _search_more(result, search_band, between, workload, opts)
+            arch = _search_more(result, search_band, between)
         if arch is None:
             break
         result.measured[arch.id] = measure(arch)
@@ -143,8 +143,7 @@ def bracket(result: Refinement, workload: Workload, opts: SearchOptions) -> tupl
     return (lo * (1 + 1e-9), hi * (1 - 1e-9)) if lo < hi else None
 
 
-def _search_more(result: Refinement, search_band, band: tuple[float, float], workload: Workload,
-                 opts: SearchOptions) -> Architecture | None:
+def _search_more(result: Refinement, search_band, band: tuple[float, float]) -> Architecture | None:
     """A band round between `band` x the limit (predicted median): its candidates join the
     pool; the best (`by_rank`) unmeasured one found, or None."""
     found = search_band(result.predictor, band)
@@ -152,8 +151,6 @@ def _search_more(result: Refinement, search_band, band: tuple[float, float], wor
     if found.empty:  # e.g. layer dropping has no member in so narrow a band
         return None
     result.pool = pd.concat([result.pool, found[~found.arch_id.isin(result.pool.arch_id)]], ignore_index=True)
-    if band == BAND:
-        return next_candidate(result.pool, result.predictor, workload, opts, set(result.measured))
     fresh = by_rank(found[~found.arch_id.isin(list(result.measured))])
     return None if fresh.empty else Architecture.from_json(fresh.arch_json.iloc[0])
 
