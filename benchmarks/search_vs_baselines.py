@@ -23,7 +23,11 @@ from latprune.models import load_config, model_identity
 from latprune.search.pipeline import parent_measured
 from latprune.search.workflow import SearchOptions, search
 
-STRATEGIES = {"nas": 3, "random": 3, "uniform": 1, "layers": 1}  # strategy -> finalists
+STRATEGIES = {  # row name -> its SearchOptions
+    "nas": {"strategy": "nas", "finalists": 3}, "random": {"strategy": "random", "finalists": 3},
+    "uniform": {"strategy": "uniform", "finalists": 1}, "layers": {"strategy": "layers", "finalists": 1},
+    "per-layer": {"strategy": "layers", "space": "per-layer", "finalists": 3},  # a per-layer round after layers
+}
 
 
 def main() -> None:
@@ -32,18 +36,22 @@ def main() -> None:
     ap.add_argument("--predictor", default="out/predictors/cpu-160", help="fitted on --profile")
     ap.add_argument("--evaluations", type=int, default=60)
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="the rows to (re)run, comma-separated")
     ap.add_argument("--work", default="out/bench_search")
     args = ap.parse_args()
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     fractions = [float(f) for f in args.fractions.split(",")]
+    strategies = args.strategies.split(",")
+    if unknown := set(strategies) - set(STRATEGIES):
+        ap.error(f"unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    rows = kept_rows(Path(args.work) / "rows.json", fractions)
+    rows = kept_rows(Path(args.work) / "rows.json", fractions, strategies)
     for fraction in fractions:
         budget = round(fraction * parent_ms, 2)
-        for strategy, finalists in STRATEGIES.items():
+        for strategy in strategies:
             out = Path(args.work) / f"{fraction}-{strategy}"
-            opts = SearchOptions(budget, evaluations=args.evaluations, strategy=strategy, finalists=finalists,
-                                 recover_minutes=0, finalist_steps=0)
+            opts = SearchOptions(budget, evaluations=args.evaluations, recover_minutes=0, finalist_steps=0,
+                                 **STRATEGIES[strategy])
             record = Path(args.work) / f"{fraction}-{strategy}.parquet"  # refinement refits on the profile's rows
             shutil.copyfile(args.profile, record)  # + its own timings: no row reuses another's
             try:
@@ -70,18 +78,18 @@ def main() -> None:
         mark = "**" if ppl == best else ""
         lines.append(f"| {f:.2f}x = {b:.2f} ms | {strat} | {desc} | {mark}{ppl:.2f}{mark} | {ms:.2f} ms | "
                      f"{used:.1%} | {sm:.2f}x / {sp:.2f}x | {ev} | {dm} |")
-    kept = sorted({r[0] for r in rows} - set(fractions))
+    kept = sorted({(r[0], r[2]) for r in rows} - {(f, s) for f in fractions for s in strategies})
     if kept:
-        lines += ["", f"Rows at {', '.join(f'{f:g}x' for f in kept)}: from an earlier run of this script in the same "
-                  "--work folder (its saved rows.json), with the same profile and predictor."]
+        lines += ["", f"Rows {', '.join(f'{f:g}x {s}' for f, s in kept)}: from an earlier run of this script in the "
+                  "same --work folder (its saved rows.json), with the same profile and predictor."]
     print(_common.write_markdown("search_vs_baselines", "Search vs baselines", "\n".join(lines)))
 
 
-def kept_rows(saved: Path, fractions: list[float]) -> list:
-    """The rows of an earlier run in the same --work folder at the fractions not rerun now."""
+def kept_rows(saved: Path, fractions: list[float], strategies: list[str]) -> list:
+    """The rows of an earlier run in the same --work folder that are not rerun now."""
     if not saved.is_file():
         return []
-    return [row for row in json.loads(saved.read_text()) if row[0] not in fractions]
+    return [row for row in json.loads(saved.read_text()) if row[0] not in fractions or row[2] not in strategies]
 
 
 if __name__ == "__main__":

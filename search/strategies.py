@@ -5,8 +5,8 @@
   feasible member of each one-knob family (the `--keep` recipe, layer dropping, width
   scaling);
 - `random`: uniform random architectures of the space, rejected when predicted infeasible;
-- `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept
-  (largest feasible factor);
+- `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept, the
+  MLP widened further where the budget allows (the largest feasible member);
 - `layers`: layer dropping only, least important layers first (largest feasible depth);
 - `auto` (the default): `layers` when some depth is predicted to meet the budget, else `nas`
   (`resolve_auto`).
@@ -44,8 +44,19 @@ def _family(ev: Evaluator, scale: dict[str, float], steps: int = 200) -> list[Ar
 
 
 def uniform_family(ev: Evaluator) -> list[Architecture]:
-    """Width scaling: heads (KV groups and queries per group), MLP and hidden by one factor."""
-    return _family(ev, {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
+    """Width scaling: heads (KV groups and queries per group), MLP and hidden by one factor;
+    with each member's MLP also widened, one legal step at a time up to the parent's. Head
+    counts step coarsely (1, 4, 9 query heads on SmolLM2), so one factor alone leaves up to
+    30% of a budget unspent between two members; the widened MLPs fill those gaps."""
+    space = ev.ranked.space
+    scaled = _family(ev, {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
+    out = {a.id: a for a in scaled}
+    for arch in scaled:
+        values = space.values_of(arch)
+        for mlp in (m for m in space.mlp_choices if m > values["mlp"]):
+            wider = space.from_values({**values, "mlp": mlp}, ev.ranked.ranking.layer_order)
+            out.setdefault(wider.id, wider)
+    return sorted(out.values(), key=space.num_params)
 
 
 def layer_family(ev: Evaluator) -> list[Architecture]:

@@ -7,7 +7,7 @@ from latprune.predictors.predictor import Predictor
 from latprune.search.evaluate import Evaluator
 from latprune.search.options import SearchOptions
 from latprune.search.pareto import pareto_front
-from latprune.search.strategies import layer_family, resolve_auto
+from latprune.search.strategies import _family, _largest_feasible, layer_family, resolve_auto, uniform_family
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
@@ -53,6 +53,28 @@ def test_layer_family_drops_least_important_layers_first(setup):
     ranked, predictor, windows = setup
     family = layer_family(Evaluator(ranked, predictor, windows, Workload(), "decode_ms", 1.0))
     assert family[0].layers == (int(ranked.ranking.layer_order[0]),)
+
+
+def test_width_scaling_widens_the_mlp_into_the_budget_its_head_steps_leave(setup):
+    ranked, predictor, windows = setup
+    space = ranked.space
+
+    def evaluator(limit_ms):
+        return Evaluator(ranked, predictor, windows, Workload(), "decode_ms", limit_ms)
+
+    one_factor = _family(evaluator(1.0), {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
+    steps = sorted(set(predictor.predict(one_factor).decode_ms_upper.round(9)))
+    gained = 0
+    for low, high in zip(steps, steps[1:]):  # budgets between two members of the one-factor family
+        ev = evaluator((low + high) / 2)
+        base, widened = _largest_feasible(ev, one_factor)[0], _largest_feasible(ev, uniform_family(ev))[0]
+        assert space.num_params(base) <= space.num_params(widened) and ev.upper_ms(widened) <= ev.limit_ms
+        best = space.values_of(widened)
+        if best["mlp"] < space.mlp_choices[-1]:  # its next MLP step is in the family, and does not fit
+            wider = space.from_values({**best, "mlp": best["mlp"] + space.mlp_choices[0]}, ranked.ranking.layer_order)
+            assert not ev.feasible(wider)
+        gained += widened.id != base.id
+    assert gained > len(steps) // 3  # the widened MLPs spend budget one factor cannot
 
 
 def test_auto_drops_layers_where_a_depth_fits_and_falls_back_to_nas_where_none_does(setup):
