@@ -10,6 +10,12 @@ and `fit` scores its band table against each architecture's median over all its 
 Resumable: an architecture that already has `--passes` retest rows is not timed again.
 
     python benchmarks/retime_profile.py --profile benchmarks/data/cpu-160.parquet --above 0.3
+
+`--spread S` re-times only the architectures whose timings so far disagree by more than S
+(largest / smallest - 1): a tie-break by more timings, chosen by the labels alone (never by
+a predictor's error), so that their median is not the mean of two that disagree.
+
+    python benchmarks/retime_profile.py --above 0.3 --spread 0.03 --passes 3
 """
 
 from __future__ import annotations
@@ -34,13 +40,19 @@ from latprune.profiling.run import Profiler
 from latprune.workload import Workload
 
 
-def plan(frame: pd.DataFrame, metric: str, above: float, passes: int) -> list[Architecture]:
-    """The architectures still to re-time, each as often as it lacks retest rows, shuffled."""
+def plan(frame: pd.DataFrame, metric: str, above: float, passes: int, spread: float = 0.0) -> list[Architecture]:
+    """The architectures still to re-time, each as often as it lacks retest rows, shuffled;
+    with `spread` > 0 only those whose timings so far disagree by more than it."""
     rows, _ = usable_rows(frame)
     scale = baseline(frame, workload=rows.workload.iloc[0])
     if scale is None:
         raise LatpruneError("it has no reference row to scale re-timings by")
     chosen = rows[rows[metric] >= above * scale[metric]].drop_duplicates("arch_id")
+    if spread > 0:
+        timed = frame[frame.role.isin((*TRAINING_ROLES, "retest")) & (frame.status == "ok")]
+        values = timed.groupby("arch_id")[metric].agg(["min", "max"])
+        disagree = values.index[values["max"] > (1 + spread) * values["min"]]
+        chosen = chosen[chosen.arch_id.isin(disagree)]
     done = frame[frame.role == "retest"].arch_id.value_counts()
     todo = [Architecture.from_json(r.arch_json) for r in chosen.itertuples()
             for _ in range(passes - int(done.get(r.arch_id, 0)))]
@@ -53,12 +65,14 @@ def main() -> None:
     ap.add_argument("--metric", default="decode_ms", choices=("prefill_ms", "decode_ms"))
     ap.add_argument("--above", type=float, default=0.3, help="re-time architectures from this share of the parent up")
     ap.add_argument("--passes", type=int, default=1, help="retest rows wanted per architecture")
+    ap.add_argument("--spread", type=float, default=0.0,
+                    help="only architectures whose timings disagree by more than this (0: every one)")
     args = ap.parse_args()
-    if args.passes < 1 or not 0 <= args.above <= 1:
-        ap.error("--passes must be at least 1 and --above between 0 and 1")
+    if args.passes < 1 or not 0 <= args.above <= 1 or args.spread < 0:
+        ap.error("--passes must be at least 1, --above between 0 and 1 and --spread at least 0")
     try:
         frame = read_profile(args.profile)
-        todo = plan(frame, args.metric, args.above, args.passes)
+        todo = plan(frame, args.metric, args.above, args.passes, args.spread)
     except LatpruneError as exc:
         ap.error(f"--profile {args.profile}: {exc}")
     first = frame[frame.role == "reference"].iloc[0]

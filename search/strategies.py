@@ -6,7 +6,7 @@
   scaling);
 - `random`: uniform random architectures of the space, rejected when predicted infeasible;
 - `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept, the
-  MLP widened further where the budget allows (the largest feasible member);
+  MLP and hidden size widened further where the budget allows (the largest feasible member);
 - `layers`: layer dropping only, least important layers first (largest feasible depth);
 - `auto` (the default): `layers` when some depth is predicted to meet the budget, else `nas`
   (`resolve_auto`).
@@ -45,17 +45,21 @@ def _family(ev: Evaluator, scale: dict[str, float], steps: int = 200) -> list[Ar
 
 def uniform_family(ev: Evaluator) -> list[Architecture]:
     """Width scaling: heads (KV groups and queries per group), MLP and hidden by one factor;
-    with each member's MLP also widened, one legal step at a time up to the parent's. Head
-    counts step coarsely (1, 4, 9 query heads on SmolLM2), so one factor alone leaves up to
-    30% of a budget unspent between two members; the widened MLPs fill those gaps."""
-    space = ev.ranked.space
+    with each member's MLP and hidden size also widened, in legal steps up to the parent's.
+    Head counts step coarsely (1, 4, 9 query heads on SmolLM2), so one factor alone leaves up
+    to 30% of a budget unspent between two members; the widened members fill those gaps."""
+    space, order = ev.ranked.space, ev.ranked.ranking.layer_order
+    choices = space.choices()
     scaled = _family(ev, {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
     out = {a.id: a for a in scaled}
     for arch in scaled:
         values = space.values_of(arch)
-        for mlp in (m for m in space.mlp_choices if m > values["mlp"]):
-            wider = space.from_values({**values, "mlp": mlp}, ev.ranked.ranking.layer_order)
-            out.setdefault(wider.id, wider)
+        wider = [{"mlp": m} for m in choices["mlp"] if m >= values["mlp"]]
+        if "hidden" in values:  # a free dimension (not tied to the heads, as in GPT-2)
+            wider = [{**w, "hidden": h} for w in wider for h in choices["hidden"] if h >= values["hidden"]]
+        for w in wider:
+            member = space.from_values({**values, **w}, order)
+            out.setdefault(member.id, member)
     return sorted(out.values(), key=space.num_params)
 
 

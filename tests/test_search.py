@@ -55,7 +55,7 @@ def test_layer_family_drops_least_important_layers_first(setup):
     assert family[0].layers == (int(ranked.ranking.layer_order[0]),)
 
 
-def test_width_scaling_widens_the_mlp_into_the_budget_its_head_steps_leave(setup):
+def test_width_scaling_widens_mlp_and_hidden_into_the_budget_its_head_steps_leave(setup):
     ranked, predictor, windows = setup
     space = ranked.space
 
@@ -70,11 +70,12 @@ def test_width_scaling_widens_the_mlp_into_the_budget_its_head_steps_leave(setup
         base, widened = _largest_feasible(ev, one_factor)[0], _largest_feasible(ev, uniform_family(ev))[0]
         assert space.num_params(base) <= space.num_params(widened) and ev.upper_ms(widened) <= ev.limit_ms
         best = space.values_of(widened)
-        if best["mlp"] < space.mlp_choices[-1]:  # its next MLP step is in the family, and does not fit
-            wider = space.from_values({**best, "mlp": best["mlp"] + space.mlp_choices[0]}, ranked.ranking.layer_order)
-            assert not ev.feasible(wider)
+        for dim, legal in (("mlp", space.choices()["mlp"]), ("hidden", space.choices()["hidden"])):
+            if best[dim] < legal[-1]:  # its next step is in the family, and does not fit
+                step = {**best, dim: legal[legal.index(best[dim]) + 1]}
+                assert not ev.feasible(space.from_values(step, ranked.ranking.layer_order)), dim
         gained += widened.id != base.id
-    assert gained > len(steps) // 3  # the widened MLPs spend budget one factor cannot
+    assert gained > len(steps) // 3  # the widened members spend budget one factor cannot
 
 
 def test_auto_drops_layers_where_a_depth_fits_and_falls_back_to_nas_where_none_does(setup):
