@@ -2,7 +2,8 @@
 
 The target profile is recorded with `latprune profile --plan transfer` (the rows in plan
 order, so its first n rows are what a user who asked for n samples would have); the
-held-out profile is a separate space-filling plan on the same device. For n in --sizes,
+held-out profiles are separate plans on the same device (space-filling, and one aimed at
+the budgets, so that enough held-out rows lie at >= 30% of the parent). For n in --sizes,
 both predictors are fitted on the target profile's first n sample rows plus the parent's
 reference timing, and scored on the held-out architectures (none of them trained on):
 share within ±10% at >= 30% of the parent's latency (where budgets are), overall, Spearman
@@ -10,7 +11,8 @@ rho, and how often the upper bound covers the measured latency. Held-out latenci
 put on the target profile's scale (each row's paired ratio x the target's baseline).
 
     python benchmarks/transfer.py --source out/predictors/cpu-160 \\
-        --target benchmarks/data/cpu-1t-transfer.parquet --heldout benchmarks/data/cpu-1t-heldout.parquet
+        --target benchmarks/data/cpu-1t-transfer.parquet \
+        --heldout benchmarks/data/cpu-1t-heldout.parquet benchmarks/data/cpu-1t-heldout-aimed.parquet
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from latprune.profiling.dataset import baseline, read_profile, reference_rows, s
 def on_scale(heldout: pd.DataFrame, scale: dict[str, float], exclude: set[str]) -> pd.DataFrame:
     """Held-out sample rows not in `exclude`, each metric as its paired ratio x `scale`."""
     rows, _ = usable_rows(heldout)
-    rows = rows[~rows.arch_id.isin(exclude)].copy()
+    rows = rows[~rows.arch_id.isin(exclude)].drop_duplicates("arch_id").copy()
     for m in METRICS:
         rows[m] = rows[stat_column(m, "ratio")] * scale[m]
     return rows
@@ -74,11 +76,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", nargs="+", default=["out/predictors/cpu-160"])
     ap.add_argument("--target", default="benchmarks/data/cpu-1t-transfer.parquet")
-    ap.add_argument("--heldout", default="benchmarks/data/cpu-1t-heldout.parquet")
+    ap.add_argument("--heldout", nargs="+", default=["benchmarks/data/cpu-1t-heldout.parquet"],
+                    help="profiles of the target device never trained on (concatenated)")
     ap.add_argument("--sizes", default="5,10,20,40")
     args = ap.parse_args()
     source = load_sources(args.source)
-    target, heldout = read_profile(args.target), read_profile(args.heldout)
+    target = read_profile(args.target)
+    heldout = pd.concat([read_profile(p) for p in args.heldout], ignore_index=True)
     available = len(usable_rows(target)[0])
     sizes = [n for n in map(int, args.sizes.split(",")) if n <= available]
     rows = evaluate(source, target, heldout, sizes)
@@ -91,8 +95,9 @@ def write_results(table: pd.DataFrame, args, target: pd.DataFrame, heldout: pd.D
     lines = [f"Target device `{device}` (workload prompt {int(parent.prompt)}), source predictor(s) "
              f"{', '.join(f'`{s}`' for s in args.source)}. Training rows: the first n of `{args.target}` "
              f"(profiled with `--plan transfer`) plus the parent's reference timing; held out: "
-             f"{len(on_scale(heldout, baseline(target), set()))} architectures of `{args.heldout}` (a space-filling "
-             "plan), minus any trained on.", "",
+             f"{len(on_scale(heldout, baseline(target), set()))} architectures of "
+             f"{' and '.join(f'`{p}`' for p in args.heldout)} (`--plan spread`, with or without `--aim`), minus any "
+             "trained on.", "",
              "| metric | method | n | within ±10% at ≥30% of parent (n) | within ±10% (all) | MAPE | Spearman ρ | "
              "upper bound covers |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():

@@ -44,23 +44,32 @@ def _family(ev: Evaluator, scale: dict[str, float], steps: int = 200) -> list[Ar
 
 
 def uniform_family(ev: Evaluator) -> list[Architecture]:
-    """Width scaling: heads (KV groups and queries per group), MLP and hidden by one factor;
-    with each member's MLP and hidden size also widened, in legal steps up to the parent's.
-    Head counts step coarsely (1, 4, 9 query heads on SmolLM2), so one factor alone leaves up
-    to 30% of a budget unspent between two members; the widened members fill those gaps."""
+    """Width scaling: heads (KV groups and queries per group), MLP and hidden by one factor."""
+    return _family(ev, {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
+
+
+def widened(ev: Evaluator, arch: Architecture) -> list[Architecture]:
+    """`arch` and every architecture with its depth and heads and a wider (or equal) MLP and
+    hidden size (the hidden size where it is free, not tied to the heads as in GPT-2),
+    smallest first."""
     space, order = ev.ranked.space, ev.ranked.ranking.layer_order
-    choices = space.choices()
-    scaled = _family(ev, {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
-    out = {a.id: a for a in scaled}
-    for arch in scaled:
-        values = space.values_of(arch)
-        wider = [{"mlp": m} for m in choices["mlp"] if m >= values["mlp"]]
-        if "hidden" in values:  # a free dimension (not tied to the heads, as in GPT-2)
-            wider = [{**w, "hidden": h} for w in wider for h in choices["hidden"] if h >= values["hidden"]]
-        for w in wider:
-            member = space.from_values({**values, **w}, order)
-            out.setdefault(member.id, member)
-    return sorted(out.values(), key=space.num_params)
+    values, choices = space.values_of(arch), space.choices()
+    wider = [{"mlp": m} for m in choices["mlp"] if m >= values["mlp"]]
+    if "hidden" in values:
+        wider = [{**w, "hidden": h} for w in wider for h in choices["hidden"] if h >= values["hidden"]]
+    return sorted({(a := space.from_values({**values, **w}, order)).id: a for w in wider}.values(),
+                  key=space.num_params)
+
+
+def width_scaling(ev: Evaluator) -> list[Architecture]:
+    """The `uniform` strategy's answer: the widest step of width scaling that has a feasible
+    member once its MLP and hidden size may widen (`widened`), and its largest such member.
+    Head counts step coarsely (1, 4, 9 query heads on SmolLM2), so one factor alone leaves up
+    to 30% of a budget unspent between two steps; widening the rest spends it."""
+    for step in reversed(uniform_family(ev)):
+        if found := _largest_feasible(ev, widened(ev, step)):
+            return found
+    return []
 
 
 def layer_family(ev: Evaluator) -> list[Architecture]:
@@ -102,7 +111,7 @@ def run_strategy(ev: Evaluator, strategy: str, evaluations: int, seed: int, opti
     """Evaluate candidates with `strategy`; results accumulate in `ev.records`."""
     ev.strategy = strategy
     if strategy == "uniform":
-        for arch in _largest_feasible(ev, uniform_family(ev)):
+        for arch in width_scaling(ev):
             ev.quality(arch)
     elif strategy == "layers":
         for arch in _largest_feasible(ev, layer_family(ev)):
@@ -138,9 +147,9 @@ def _nevergrad(ev: Evaluator, evaluations: int, seed: int, optimizer: str, progr
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
     # Start from known-feasible anchors that the search then improves on: the largest
     # feasible member of each one-knob family (the baselines' answers and the --keep recipe).
-    for family in (recipe_family, layer_family, uniform_family):
-        for anchor in _largest_feasible(ev, family(ev)):
-            opt.suggest(space.values_of(anchor))
+    for anchor in [*_largest_feasible(ev, recipe_family(ev)), *_largest_feasible(ev, layer_family(ev)),
+                   *width_scaling(ev)]:
+        opt.suggest(space.values_of(anchor))
     ask_and_tell(ev, opt, evaluations, lambda values: space.from_values(values, order), progress)
 
 

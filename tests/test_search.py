@@ -7,7 +7,7 @@ from latprune.predictors.predictor import Predictor
 from latprune.search.evaluate import Evaluator
 from latprune.search.options import SearchOptions
 from latprune.search.pareto import pareto_front
-from latprune.search.strategies import _family, _largest_feasible, layer_family, resolve_auto, uniform_family
+from latprune.search.strategies import _largest_feasible, layer_family, resolve_auto, uniform_family, width_scaling
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
@@ -62,19 +62,21 @@ def test_width_scaling_widens_mlp_and_hidden_into_the_budget_its_head_steps_leav
     def evaluator(limit_ms):
         return Evaluator(ranked, predictor, windows, Workload(), "decode_ms", limit_ms)
 
-    one_factor = _family(evaluator(1.0), {"kv_groups": 1.0, "q_per_kv": 1.0, "mlp": 1.0, "hidden": 1.0})
+    one_factor = uniform_family(evaluator(1.0))
     steps = sorted(set(predictor.predict(one_factor).decode_ms_upper.round(9)))
     gained = 0
-    for low, high in zip(steps, steps[1:]):  # budgets between two members of the one-factor family
+    for low, high in zip(steps, steps[1:]):  # budgets between two steps of the one-factor family
         ev = evaluator((low + high) / 2)
-        base, widened = _largest_feasible(ev, one_factor)[0], _largest_feasible(ev, uniform_family(ev))[0]
-        assert space.num_params(base) <= space.num_params(widened) and ev.upper_ms(widened) <= ev.limit_ms
-        best = space.values_of(widened)
+        base, (answer,) = _largest_feasible(ev, one_factor)[0], width_scaling(ev)
+        kept, best = space.values_of(base), space.values_of(answer)
+        assert {k: best[k] for k in ("layers", "kv_groups", "q_per_kv")} == {
+            k: kept[k] for k in ("layers", "kv_groups", "q_per_kv")}  # the widest step's heads
+        assert best["mlp"] >= kept["mlp"] and best["hidden"] >= kept["hidden"] and ev.feasible(answer)
         for dim, legal in (("mlp", space.choices()["mlp"]), ("hidden", space.choices()["hidden"])):
-            if best[dim] < legal[-1]:  # its next step is in the family, and does not fit
+            if best[dim] < legal[-1]:  # its next step is a candidate too, and does not fit
                 step = {**best, dim: legal[legal.index(best[dim]) + 1]}
                 assert not ev.feasible(space.from_values(step, ranked.ranking.layer_order)), dim
-        gained += widened.id != base.id
+        gained += answer.id != base.id
     assert gained > len(steps) // 3  # the widened members spend budget one factor cannot
 
 
