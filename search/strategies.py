@@ -5,8 +5,9 @@
   feasible member of each one-knob family (the `--keep` recipe, layer dropping, width
   scaling);
 - `random`: uniform random architectures of the space, rejected when predicted infeasible;
-- `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept, the
-  MLP and hidden size widened further where the budget allows (the largest feasible member);
+- `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept (the
+  largest feasible factor), then its MLP and hidden size widened into what the budget leaves
+  (`width_scaling`);
 - `layers`: layer dropping only, least important layers first (largest feasible depth);
 - `auto` (the default): `layers` when some depth is predicted to meet the budget, else `nas`
   (`resolve_auto`).
