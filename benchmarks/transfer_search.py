@@ -27,7 +27,7 @@ from latprune.errors import LatpruneError
 from latprune.models import load_config, model_identity
 from latprune.predictors.predictor import Predictor
 from latprune.predictors.transfer import load_sources
-from latprune.profiling.dataset import read_profile
+from latprune.profiling.dataset import read_profile, write_profile
 from latprune.search.pipeline import parent_measured
 from latprune.search.workflow import SearchOptions, search
 
@@ -48,7 +48,7 @@ def main() -> None:
     train = _common.first_rows(target, args.rows)
     record = work / f"{device}-{args.rows}.parquet"  # refinement refits on these rows and appends its own
     if not record.is_file():
-        train.to_parquet(record)
+        write_profile(record, train)
     predictor_dir = work / f"predictor-{args.rows}"
     Predictor.fit(train, "transfer", sources=load_sources(args.source)).save(predictor_dir)
     parent_ms = parent_measured(record, model_identity(load_config("default"))["config_hash"], "decode_ms")

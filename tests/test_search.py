@@ -248,6 +248,28 @@ def test_measurements_that_bracket_the_band_get_the_depth_between_them_measured(
     assert none.spent == 0 and none.band_rounds == 2  # nothing between them: refinement stops
 
 
+def test_a_band_candidate_measured_over_the_budget_gets_the_next_depth_down_measured():
+    from latprune.search.refine import BAND, refine
+
+    space = smol_like_space()
+    law = ScaledLaw(space)
+    full = {k: v[-1] for k, v in space.choices().items()}
+    below, predicted_in_band = (space.from_values({**full, "layers": n}) for n in (15, 16))
+    limit = law.ms(predicted_in_band) / 0.97  # the predictor puts the deeper one in BAND...
+    opts = SearchOptions(limit, device_measurements=6, finalists=1)
+    device = {predicted_in_band.id: 1.04 * limit, below.id: 0.97 * limit}  # ...the device over it
+    bands = []
+
+    def search_band(predictor, band):
+        bands.append(band)
+        return _frame(space, [a for a in (below, predicted_in_band) if band[0] * limit <= law.ms(a) <= band[1] * limit])
+
+    result = refine(_frame(space, [predicted_in_band]), law, Workload(), opts, measure=lambda a: device[a.id],
+                    refit=lambda: None, search_band=search_band)
+    assert list(result.measured) == [predicted_in_band.id, below.id] and result.landed(opts.limit_ms) == [below.id]
+    assert bands == [BAND, pytest.approx((0.0, 0.97))]  # the band round finds only the measured one; then below it
+
+
 def test_no_device_measurements_means_no_refinement():
     space = smol_like_space()
     result, _, timed = _refine_against(space, 1.0, 1.0, device_measurements=0)
