@@ -7,11 +7,11 @@ their predicted interval straddles the budget, and they would spend it. The best
 paired with the parent; the row joins the profile, the predictor is refitted on it, and the
 next candidate is chosen with the refitted predictor. When no candidate is left in the band,
 a band round (the search's own strategy, the predicted median held inside BAND) looks for
-more; when it finds none but a candidate was measured over BAND, a round strictly between
-its prediction and that of the nearest one measured under BAND (or anything below it, when
-none was) does: the depth between two measured depths of layer dropping, whose steps are
-coarser than BAND, or the next one down from a depth the predictor put in the band and the
-device over it. It stops once `opts.finalists`
+more; when it finds none, a round strictly between the predictions of the candidates
+measured nearest under and over BAND (`bracket`; one side open when only the other was
+measured) does: the depth between two measured depths of layer dropping, whose steps are
+coarser than BAND, or the next one down (up) from a depth the predictor put in the band and
+the device over (under) it. It stops once `opts.finalists`
 candidates have *landed* (measured within `BAND` of the limit; its top leaves headroom for
 verification's noise), when even those rounds find none, or when the allowance
 (`opts.device_measurements`) is spent. Candidates the profile already
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .workflow import Prepared
 
 BAND = (0.95, 0.99)  # predicted median / limit worth a measurement; measured / limit that has landed
+REACH = 1.05  # predicted median / limit up to which a round looks above a candidate measured under BAND
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Refinement:
     measured: dict[str, float] = field(default_factory=dict)
     predictor: Predictor | None = None
     refits: int = 0
-    band_rounds: int = 0  # searches in the budget band (or under a measurement over it), run when needed
+    band_rounds: int = 0  # searches in the budget band (or between measurements around it), run when needed
     pool: pd.DataFrame | None = None  # the candidates, with those the band rounds found
     reused: int = 0  # of `measured`, timed by an earlier search (rows already in the profile)
 
@@ -106,10 +107,9 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
     at a time with `measure` (-> latency of `opts.metric` on the predictor's scale), refitting
     after each with `refit` (None: keep the predictor). When the pool has no candidate left
     in the band, `search_band(predictor, BAND)` searches there (new candidates, same
-    columns); when even that finds none but a candidate was measured over the band,
-    `search_band` searches strictly below its prediction, and above that of the nearest one
-    measured under the band (`bracket`), so a coarse family (layer dropping) still gets its
-    member nearest the budget measured.
+    columns); when even that finds none, `search_band` searches strictly between the
+    predictions of the candidates measured nearest under and over the band (`bracket`), so
+    a coarse family (layer dropping) still gets its member nearest the budget measured.
     `known`: latencies already measured (id -> ms), taken as they are and refitted on first."""
     result = Refinement(measured=dict(known or {}), predictor=predictor, reused=len(known or {}), pool=pool)
     if result.reused and (refitted := refit()) is not None:
@@ -133,20 +133,24 @@ def refine(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: S
 
 def bracket(result: Refinement, workload: Workload, opts: SearchOptions) -> tuple[float, float] | None:
     """Predicted latency / limit strictly between the measured candidate nearest under BAND
-    (0 when none is: then everything predicted below) and the one nearest over it, or None
-    when nothing was measured over BAND (or the refitted predictor orders the two the other
-    way). A predictor that is low near the budget puts its band candidate over the budget on
-    the device; the next one down (the next shallower depth of layer dropping) is then the
-    one to measure."""
+    and the one nearest over it; with none measured under, from 0 (the next one down from a
+    candidate the predictor put in the band and the device over it); with none measured
+    over, up to REACH (the next one up, where the predictor is high near the budget). None
+    when nothing was measured outside BAND, or the refitted predictor orders the two ends
+    the other way."""
     limit = opts.limit_ms
     under = {i: ms for i, ms in result.measured.items() if ms < BAND[0] * limit}
     over = {i: ms for i, ms in result.measured.items() if ms > BAND[1] * limit}
-    if not over:
+    if not under and not over:
         return None
     by_id = result.pool.set_index("arch_id").arch_json
-    ends = [min(over, key=over.get), *([max(under, key=under.get)] if under else [])]
-    share = result.predictor.predict([Architecture.from_json(by_id[i]) for i in ends], workload)[opts.metric]
-    hi, lo = share.iloc[0] / limit, (share.iloc[1] / limit if under else 0.0)
+
+    def predicted(measured: dict[str, float], pick) -> float:
+        arch = Architecture.from_json(by_id[pick(measured, key=measured.get)])
+        return float(result.predictor.predict([arch], workload)[opts.metric].iloc[0]) / limit
+
+    lo = predicted(under, max) if under else 0.0
+    hi = predicted(over, min) if over else REACH
     return (lo * (1 + 1e-9), hi * (1 - 1e-9)) if lo < hi else None
 
 

@@ -248,26 +248,30 @@ def test_measurements_that_bracket_the_band_get_the_depth_between_them_measured(
     assert none.spent == 0 and none.band_rounds == 2  # nothing between them: refinement stops
 
 
-def test_a_band_candidate_measured_over_the_budget_gets_the_next_depth_down_measured():
-    from latprune.search.refine import BAND, refine
+@pytest.mark.parametrize("device_says", ["over", "under"])
+def test_a_band_candidate_the_device_puts_outside_the_band_gets_the_next_depth_measured(device_says):
+    from latprune.search.refine import BAND, REACH, refine
 
     space = smol_like_space()
     law = ScaledLaw(space)
     full = {k: v[-1] for k, v in space.choices().items()}
-    below, predicted_in_band = (space.from_values({**full, "layers": n}) for n in (15, 16))
-    limit = law.ms(predicted_in_band) / 0.97  # the predictor puts the deeper one in BAND...
+    below, in_band, above = (space.from_values({**full, "layers": n}) for n in (15, 16, 17))
+    limit = law.ms(in_band) / 0.97  # the predictor puts the middle depth in BAND, the others outside it
+    assert law.ms(below) < BAND[0] * limit and BAND[1] * limit < law.ms(above) < REACH * limit
     opts = SearchOptions(limit, device_measurements=6, finalists=1)
-    device = {predicted_in_band.id: 1.04 * limit, below.id: 0.97 * limit}  # ...the device over it
+    nearest = below if device_says == "over" else above  # the depth to measure next
+    device = {in_band.id: (1.04 if device_says == "over" else 0.90) * limit, nearest.id: 0.97 * limit}
     bands = []
 
     def search_band(predictor, band):
         bands.append(band)
-        return _frame(space, [a for a in (below, predicted_in_band) if band[0] * limit <= law.ms(a) <= band[1] * limit])
+        return _frame(space, [a for a in (below, in_band, above) if band[0] * limit <= law.ms(a) <= band[1] * limit])
 
-    result = refine(_frame(space, [predicted_in_band]), law, Workload(), opts, measure=lambda a: device[a.id],
+    result = refine(_frame(space, [in_band]), law, Workload(), opts, measure=lambda a: device[a.id],
                     refit=lambda: None, search_band=search_band)
-    assert list(result.measured) == [predicted_in_band.id, below.id] and result.landed(opts.limit_ms) == [below.id]
-    assert bands == [BAND, pytest.approx((0.0, 0.97))]  # the band round finds only the measured one; then below it
+    assert list(result.measured) == [in_band.id, nearest.id] and result.landed(opts.limit_ms) == [nearest.id]
+    between = (0.0, 0.97) if device_says == "over" else (0.97, REACH)
+    assert bands == [BAND, pytest.approx(between)]  # the band round finds only the measured one; then past it
 
 
 def test_no_device_measurements_means_no_refinement():
