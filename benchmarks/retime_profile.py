@@ -15,7 +15,7 @@ Resumable: an architecture that already has `--passes` retest rows is not timed 
 (largest / smallest - 1): a tie-break by more timings, chosen by the labels alone (never by
 a predictor's error), so that their median is not the mean of two that disagree.
 
-    python benchmarks/retime_profile.py --above 0.3 --spread 0.03 --passes 3
+    python benchmarks/retime_profile.py --above 0.3 --spread 0.04 --passes 3
 """
 
 from __future__ import annotations

@@ -135,14 +135,13 @@ def bracket(result: Refinement, workload: Workload, opts: SearchOptions) -> tupl
     """Predicted latency / limit strictly between the measured candidate nearest under BAND
     and the one nearest over it; with none measured under, from 0 (the next one down from a
     candidate the predictor put in the band and the device over it); with none measured
-    over, up to REACH (the next one up, where the predictor is high near the budget). None
-    when nothing was measured outside BAND, or the refitted predictor orders the two ends
+    over, up to REACH (the next one up, where the predictor is high near the budget; with
+    nothing measured at all, the candidate nearest the budget, e.g. a depth predicted at
+    99.5% when the band ends at 99%). None when the refitted predictor orders the two ends
     the other way."""
     limit = opts.limit_ms
     under = {i: ms for i, ms in result.measured.items() if ms < BAND[0] * limit}
     over = {i: ms for i, ms in result.measured.items() if ms > BAND[1] * limit}
-    if not under and not over:
-        return None
     by_id = result.pool.set_index("arch_id").arch_json
 
     def predicted(measured: dict[str, float], pick) -> float:

@@ -274,6 +274,27 @@ def test_a_band_candidate_the_device_puts_outside_the_band_gets_the_next_depth_m
     assert bands == [BAND, pytest.approx(between)]  # the band round finds only the measured one; then past it
 
 
+def test_with_no_candidate_in_the_band_refinement_still_times_the_one_nearest_the_budget():
+    from latprune.search.refine import BAND, REACH, refine
+
+    space = smol_like_space()
+    law = ScaledLaw(space)
+    full = {k: v[-1] for k, v in space.choices().items()}
+    shallow, nearest = (space.from_values({**full, "layers": n}) for n in (10, 16))
+    limit = law.ms(nearest) / 0.995  # predicted just over BAND, still under the limit: no band candidate
+    opts = SearchOptions(limit, device_measurements=6, finalists=1)
+    bands = []
+
+    def search_band(predictor, band):
+        bands.append(band)
+        return _frame(space, [a for a in (shallow, nearest) if band[0] * limit <= law.ms(a) <= band[1] * limit])
+
+    result = refine(_frame(space, [shallow, nearest]), law, Workload(), opts, measure=lambda a: 0.97 * limit,
+                    refit=lambda: None, search_band=search_band)
+    assert list(result.measured) == [nearest.id] and result.landed(opts.limit_ms) == [nearest.id]
+    assert bands == [BAND, pytest.approx((0.0, REACH))]
+
+
 def test_no_device_measurements_means_no_refinement():
     space = smol_like_space()
     result, _, timed = _refine_against(space, 1.0, 1.0, device_measurements=0)
