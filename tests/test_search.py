@@ -210,7 +210,7 @@ def test_when_no_candidate_is_in_the_band_refinement_searches_there():
 
     nothing = refine(outside, law, Workload(), opts, measure=law.ms, refit=lambda: None,
                      search_band=lambda predictor, band: pd.DataFrame())  # a band round that finds nothing at all
-    assert nothing.band_rounds == 1 and nothing.measured == {} and len(nothing.pool) == len(outside)
+    assert nothing.band_rounds == 2 and nothing.measured == {} and len(nothing.pool) == len(outside)  # BAND, then up to REACH
 
 
 def _frame(space, archs):
