@@ -11,7 +11,7 @@ rho, and how often the upper bound covers the measured latency. Held-out latenci
 put on the target profile's scale (each row's paired ratio x the target's baseline).
 
     python benchmarks/transfer.py --source out/predictors/cpu-160 \\
-        --target benchmarks/data/cpu-1t-transfer.parquet \
+        --target benchmarks/data/cpu-1t-transfer.parquet \\
         --heldout benchmarks/data/cpu-1t-heldout.parquet benchmarks/data/cpu-1t-heldout-aimed.parquet
 """
 

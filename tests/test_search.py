@@ -221,23 +221,32 @@ def _frame(space, archs):
                          "perplexity": [1e6 / space.num_params(a) for a in archs], "bound": ["median"] * len(archs)})
 
 
+def _depths(space, *layers):
+    """Full-width architectures of `space` at these depths."""
+    full = {k: v[-1] for k, v in space.choices().items()}
+    return [space.from_values({**full, "layers": n}) for n in layers]
+
+
+def _scripted_band_search(space, law, limit, archs, bands):
+    """A band round over `archs` with `law` as the prediction; it records each band it is given in `bands`."""
+    def search_band(predictor, band):
+        bands.append(band)
+        return _frame(space, [a for a in archs if band[0] * limit <= law.ms(a) <= band[1] * limit])
+
+    return search_band
+
+
 def test_measurements_that_bracket_the_band_get_the_depth_between_them_measured():
     from latprune.search.refine import BAND, refine
 
     space = smol_like_space()
     law = ScaledLaw(space)
-    full = {k: v[-1] for k, v in space.choices().items()}
-    shallow, middle, deep = (space.from_values({**full, "layers": n}) for n in (14, 15, 16))
+    shallow, middle, deep = _depths(space, 14, 15, 16)
     limit = law.ms(middle)  # the depth between is predicted at 100% of the limit: outside BAND
     opts = SearchOptions(limit, device_measurements=6, finalists=1)
     device = {shallow.id: 0.90 * limit, deep.id: 1.05 * limit, middle.id: 0.97 * limit}  # it lands in truth
     bands = []
-
-    def search_band(predictor, band):
-        bands.append(band)
-        fits = [a for a in (shallow, middle, deep) if band[0] * limit <= law.ms(a) <= band[1] * limit]
-        return _frame(space, fits)
-
+    search_band = _scripted_band_search(space, law, limit, (shallow, middle, deep), bands)
     result = refine(_frame(space, [shallow, deep]), law, Workload(), opts, measure=lambda a: device[a.id],
                     refit=lambda: None, search_band=search_band, known={i: device[i] for i in (shallow.id, deep.id)})
     assert result.landed(opts.limit_ms) == [middle.id] and result.spent == 1 and result.band_rounds == 2
@@ -255,21 +264,16 @@ def test_a_band_candidate_the_device_puts_outside_the_band_gets_the_next_depth_m
 
     space = smol_like_space()
     law = ScaledLaw(space)
-    full = {k: v[-1] for k, v in space.choices().items()}
-    below, in_band, above = (space.from_values({**full, "layers": n}) for n in (15, 16, 17))
+    below, in_band, above = _depths(space, 15, 16, 17)
     limit = law.ms(in_band) / 0.97  # the predictor puts the middle depth in BAND, the others outside it
     assert law.ms(below) < BAND[0] * limit and BAND[1] * limit < law.ms(above) < REACH * limit
     opts = SearchOptions(limit, device_measurements=6, finalists=1)
     nearest = below if device_says == "over" else above  # the depth to measure next
     device = {in_band.id: (1.04 if device_says == "over" else 0.90) * limit, nearest.id: 0.97 * limit}
     bands = []
-
-    def search_band(predictor, band):
-        bands.append(band)
-        return _frame(space, [a for a in (below, in_band, above) if band[0] * limit <= law.ms(a) <= band[1] * limit])
-
     result = refine(_frame(space, [in_band]), law, Workload(), opts, measure=lambda a: device[a.id],
-                    refit=lambda: None, search_band=search_band)
+                    refit=lambda: None, search_band=_scripted_band_search(space, law, limit, (below, in_band, above),
+                                                                         bands))
     assert list(result.measured) == [in_band.id, nearest.id] and result.landed(opts.limit_ms) == [nearest.id]
     between = (0.0, 0.97) if device_says == "over" else (0.97, REACH)
     assert bands == [BAND, pytest.approx(between)]  # the band round finds only the measured one; then past it
@@ -280,18 +284,12 @@ def test_with_no_candidate_in_the_band_refinement_still_times_the_one_nearest_th
 
     space = smol_like_space()
     law = ScaledLaw(space)
-    full = {k: v[-1] for k, v in space.choices().items()}
-    shallow, nearest = (space.from_values({**full, "layers": n}) for n in (10, 16))
+    shallow, nearest = _depths(space, 10, 16)
     limit = law.ms(nearest) / 0.995  # predicted just over BAND, still under the limit: no band candidate
     opts = SearchOptions(limit, device_measurements=6, finalists=1)
     bands = []
-
-    def search_band(predictor, band):
-        bands.append(band)
-        return _frame(space, [a for a in (shallow, nearest) if band[0] * limit <= law.ms(a) <= band[1] * limit])
-
     result = refine(_frame(space, [shallow, nearest]), law, Workload(), opts, measure=lambda a: 0.97 * limit,
-                    refit=lambda: None, search_band=search_band)
+                    refit=lambda: None, search_band=_scripted_band_search(space, law, limit, (shallow, nearest), bands))
     assert list(result.measured) == [nearest.id] and result.landed(opts.limit_ms) == [nearest.id]
     assert bands == [BAND, pytest.approx((0.0, REACH))]
 
