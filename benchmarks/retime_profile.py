@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.models import load_config
-from latprune.profiling.dataset import TRAINING_ROLES, ProfileWriter, baseline, read_profile, usable_rows
+from latprune.profiling.dataset import TRAINING_ROLES, ProfileWriter, baseline, read_profile, timed_rows, usable_rows
 from latprune.profiling.devices import get_device
 from latprune.profiling.run import Profiler
 from latprune.workload import Workload
@@ -49,8 +49,7 @@ def plan(frame: pd.DataFrame, metric: str, above: float, passes: int, spread: fl
         raise LatpruneError("it has no reference row to scale re-timings by")
     chosen = rows[rows[metric] >= above * scale[metric]].drop_duplicates("arch_id")
     if spread > 0:
-        timed = frame[frame.role.isin((*TRAINING_ROLES, "retest")) & (frame.status == "ok")]
-        values = timed.groupby("arch_id")[metric].agg(["min", "max"])
+        values = timed_rows(frame).groupby("arch_id")[metric].agg(["min", "max"])
         disagree = values.index[values["max"] > (1 + spread) * values["min"]]
         chosen = chosen[chosen.arch_id.isin(disagree)]
     done = frame[frame.role == "retest"].arch_id.value_counts()

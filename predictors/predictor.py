@@ -20,7 +20,7 @@ from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.files import PREDICTOR_MARKER, atomic_dir, check_out
 from latprune.models import config_from_dict
-from latprune.profiling.dataset import REPEAT_ROLES, TRAINING_ROLES, read_profile, reference_rows, usable_rows
+from latprune.profiling.dataset import read_profile, reference_rows, timed_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
@@ -79,27 +79,21 @@ def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: t
     return final, acc, accuracy_by_band(truth[train], oof, parent_ms) if parent_ms else {}
 
 
-def _timed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every good timing of a sub-network: samples, refinement, verification and re-test rows."""
-    return frame[frame.role.isin((*TRAINING_ROLES, *REPEAT_ROLES)) & (frame.status == "ok")
-                 & ~frame.drift_flag.astype(bool)]
-
-
 def _repeat_medians(frame: pd.DataFrame, rows: pd.DataFrame, metric: str) -> np.ndarray:
     """`metric` of each training row, replaced by the median of every timing of its
     architecture at its workload where the profile has more than one (a single timing can be
     an outlier the predictor rightly disagrees with); the reference row keeps its own."""
-    medians = _timed(frame).groupby(["arch_id", "workload"])[metric].median()
+    medians = timed_rows(frame).groupby(["arch_id", "workload"])[metric].median()
     keys = pd.MultiIndex.from_frame(rows[["arch_id", "workload"]])
     return medians.reindex(keys).fillna(pd.Series(rows[metric].to_numpy(float), index=keys)).to_numpy(float)
 
 
 def _repeatability(frame: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
-    """Test-retest agreement of the profile's repeated timings (`_timed` rows of one
+    """Test-retest agreement of the profile's repeated timings (`timed_rows` of one
     architecture, one workload), by band, per metric."""
     if refs.empty:
         return {}
-    timed = _timed(frame)
+    timed = timed_rows(frame)
     timed = timed[timed.workload == refs.workload.iloc[0]]
     return {m: r for m in METRICS if (r := repeatability_by_band(timed, m, float(refs[m].iloc[0])))}
 

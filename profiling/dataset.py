@@ -58,6 +58,13 @@ def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return ok, counts
 
 
+def timed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every good timing of a sub-network: samples, refinement, verification and re-test rows
+    (what an architecture's median timing is taken over)."""
+    return frame[frame.role.isin((*TRAINING_ROLES, *REPEAT_ROLES)) & (frame.status == "ok")
+                 & ~frame.drift_flag.astype(bool)]
+
+
 def reference_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per workload: the parent shape at the profile's baseline (the largest
     architecture is where tree models extrapolate worst, so fit trains on it too)."""
