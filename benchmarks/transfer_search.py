@@ -41,16 +41,22 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
     ap.add_argument("--work", default="out/bench_transfer_search")
     args = ap.parse_args()
+    if args.rows < 1:
+        ap.error("--rows must be at least 1")
+    try:
+        target = read_profile(args.target)
+        train = _common.first_rows(target, args.rows)
+        predictor = Predictor.fit(train, "transfer", sources=load_sources(args.source))
+    except LatpruneError as exc:
+        ap.error(str(exc))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    target = read_profile(args.target)
     device = str(target.device.iloc[0])
-    train = _common.first_rows(target, args.rows)
     record = work / f"{device}-{args.rows}.parquet"  # refinement refits on these rows and appends its own
     if not record.is_file():
         write_profile(record, train)
     predictor_dir = work / f"predictor-{args.rows}"
-    Predictor.fit(train, "transfer", sources=load_sources(args.source)).save(predictor_dir)
+    predictor.save(predictor_dir)
     parent_ms = parent_measured(record, model_identity(load_config("default"))["config_hash"], "decode_ms")
     rows = []
     for fraction in (float(f) for f in args.fractions.split(",")):
