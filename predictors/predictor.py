@@ -59,12 +59,11 @@ def _training_rows(frame: pd.DataFrame, min_rows: int = MIN_ROWS) -> tuple[pd.Da
 
 
 def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: tuple[np.ndarray, np.ndarray], *,
-                folds: int, rng: np.random.Generator, parent_ms: float | None, truth: np.ndarray,
-                ) -> tuple[Any, dict, dict]:
-    """The surrogate of one metric fitted on every row, widened by its cross-validated
-    under-prediction; with its k-fold CV and held-out accuracy against the rows' own timings,
-    and the CV accuracy by band of latency relative to the parent's against `truth` (each
-    row's median over repeated timings, `_repeat_medians`; empty without a parent timing)."""
+                folds: int, rng: np.random.Generator, parent_ms: float | None) -> tuple[Any, dict, dict]:
+    """The surrogate of one metric fitted on every row's label `y` (its architecture's median
+    timing, `_repeat_medians`), widened by its cross-validated under-prediction; with its
+    k-fold CV and held-out accuracy, and the CV accuracy by band of latency relative to the
+    parent's (empty without a parent timing)."""
     train, hold = split
     oof = np.empty(len(train))
     for fold in _split_folds(len(train), folds, rng):
@@ -76,13 +75,14 @@ def _fit_metric(kind: str, metric: str, f: pd.DataFrame, y: np.ndarray, split: t
     final = SURROGATES[kind](metric).fit(f, y)
     under = y[train] / oof - 1  # > 0: the prediction was too low
     final.cv_under = float(max(0.0, np.quantile(under, 0.9)))
-    return final, acc, accuracy_by_band(truth[train], oof, parent_ms) if parent_ms else {}
+    return final, acc, accuracy_by_band(y[train], oof, parent_ms) if parent_ms else {}
 
 
 def _repeat_medians(frame: pd.DataFrame, rows: pd.DataFrame, metric: str) -> np.ndarray:
-    """`metric` of each training row, replaced by the median of every timing of its
-    architecture at its workload where the profile has more than one (a single timing can be
-    an outlier the predictor rightly disagrees with); the reference row keeps its own."""
+    """The label of each training row: the median of every timing of its architecture at its
+    workload (`timed_rows`: samples, refinement, verification and re-test rows), or its own
+    timing where it has no other; the reference row keeps its own. A single timing can be an
+    outlier, and re-timing an architecture should make its label better, not be thrown away."""
     medians = timed_rows(frame).groupby(["arch_id", "workload"])[metric].median()
     keys = pd.MultiIndex.from_frame(rows[["arch_id", "workload"]])
     return medians.reindex(keys).fillna(pd.Series(rows[metric].to_numpy(float), index=keys)).to_numpy(float)
@@ -133,8 +133,9 @@ class Predictor:
     @classmethod
     def fit(cls, frame: pd.DataFrame, kind: str = "xgboost", seed: int = 0, folds: int = 5,
             holdout: float = 0.2, sources: list[Predictor] = ()) -> Predictor:
-        """Fit on a profile's usable sample rows plus the parent's reference timing at the
-        profile's baseline; accuracy from k-fold CV and a held-out split. Kind 'transfer':
+        """Fit on a profile's usable sample rows (each labelled with its architecture's median
+        timing) plus the parent's reference timing at the profile's baseline; accuracy from
+        k-fold CV and a held-out split. Kind 'transfer':
         the `sources` predictors corrected with these (few) rows, accuracy by leave-one-out
         (`predictors.transfer`)."""
         if kind == "transfer":
@@ -154,10 +155,10 @@ class Predictor:
         surrogates, acc, bands = {}, {}, {}
         for metric in METRICS:
             parent_ms = float(refs[metric].iloc[0]) if not refs.empty else None
-            y, truth = rows[metric].to_numpy(float), _repeat_medians(frame, rows, metric)
+            y = _repeat_medians(frame, rows, metric)
             surrogates[metric], acc[metric], bands[metric] = transfer.fit_metric(
-                metric, sources, f, y, truth=truth, parent_ms=parent_ms) if kind == "transfer" else _fit_metric(
-                kind, metric, f, y, split, folds=folds, rng=rng, parent_ms=parent_ms, truth=truth)
+                metric, sources, f, y, parent_ms=parent_ms) if kind == "transfer" else _fit_metric(
+                kind, metric, f, y, split, folds=folds, rng=rng, parent_ms=parent_ms)
         meta = _metadata(first, rows, counts, refs, kind=kind, acc=acc, seed=seed)
         meta["accuracy_by_band"] = {m: b for m, b in bands.items() if b}
         meta["repeatability_by_band"] = _repeatability(frame, refs)

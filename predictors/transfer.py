@@ -174,15 +174,15 @@ def check_sources(sources: list[Predictor], target: pd.Series) -> None:
             raise LatpruneError(f"{name} has no surrogate for {', '.join(missing)}; refit it with this latprune")
 
 
-def fit_metric(metric: str, sources: list[Predictor], f: pd.DataFrame, y: np.ndarray, *, truth: np.ndarray,
+def fit_metric(metric: str, sources: list[Predictor], f: pd.DataFrame, y: np.ndarray, *,
                parent_ms: float | None) -> tuple[TransferSurrogate, dict, dict]:
-    """The fitted surrogate of one metric, its leave-one-out accuracy against the rows' own
-    timings, and by band against `truth` (each row's median timing)."""
+    """The surrogate of one metric fitted on labels `y` (each row's median timing), its
+    leave-one-out accuracy, overall and by band."""
     from .accuracy import accuracy, accuracy_by_band
 
     surrogate = TransferSurrogate(metric, sources)
     oof = surrogate.fit(f, y)
-    bands = accuracy_by_band(truth, oof, parent_ms) if parent_ms else {}
+    bands = accuracy_by_band(y, oof, parent_ms) if parent_ms else {}
     return surrogate, {"leave-one-out CV": accuracy(y, oof)}, bands
 
 

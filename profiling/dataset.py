@@ -18,7 +18,7 @@ SCHEMA_VERSION = 2  # 2: paired timing (ratio to the reference, raw and baseline
 META_KEY = b"latprune_profile_schema"
 STEPS = ("prefill_ms", "decode_ms")  # the timed metrics; e2e_ms is derived from them
 TRAINING_ROLES = ("sample", "refine")  # rows a predictor learns from (plus the reference)
-REPEAT_ROLES = ("verify", "retest")  # re-timings, not trained on: with the above, an architecture's median timing
+REPEAT_ROLES = ("verify", "retest")  # re-timings: not rows of their own, they enter their architecture's median timing
 HETERO_ROLE = "per-layer"  # heterogeneous architectures (profile --plan per-layer): held out to check composition
 
 
