@@ -350,8 +350,9 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                    help="refinement: time up to N candidates near the budget on the device, refitting the predictor "
                         "after each, so the budget is spent (default %(default)s; 0: off)")
     p.add_argument("--finalists", type=_integer(1), default=_option_default("finalists"),
-                   help="candidates verified on the device (3 paired rounds each), plus the best safe one as a "
-                        "fallback; nothing over budget on the device wins (default %(default)s)")
+                   help="candidates verified on the device (3 paired rounds each); while none meets the budget there, "
+                        "the next refined candidate and then the best safe one are timed as fallbacks; nothing over "
+                        "budget on the device wins (default %(default)s)")
     p.add_argument("--finalist-steps", type=_integer(0), default=_option_default("finalist_steps"),
                    help="distillation steps that 2 x --finalists candidates near the budget (the search's best "
                         "and sub-networks of other depths) get before any device timing, so refinement and the "

@@ -31,7 +31,7 @@ class SearchOptions:
     optimizer: str = DEFAULT_OPTIMIZER
     space: str = "uniform"  # "per-layer": a per-layer search follows the last round, seeded by its best
     seed: int = 0
-    finalists: int = 2  # near-budget candidates verified on the device (+ the best safe one as a fallback)
+    finalists: int = 2  # near-budget candidates verified on the device (+ fallbacks: next refined, best safe)
     device_measurements: int = 6  # refinement: candidates timed near the budget, the predictor refitted each time
     finalist_steps: int = 6  # distillation steps each passing finalist gets before the winner is chosen (0: none)
     pareto: int = 0

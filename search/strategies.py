@@ -8,7 +8,9 @@
 - `uniform`: every width (heads, MLP, hidden) scaled by one factor, all layers kept (the
   largest feasible factor), then its MLP and hidden size widened into what the budget leaves
   (`width_scaling`);
-- `layers`: layer dropping only, least important layers first (largest feasible depth);
+- `layers`: layer dropping only, least important layers first (largest feasible depth; in a
+  refinement's band round also the next depth with its MLP narrowed into the band,
+  `layer_dropping`);
 - `auto` (the default): `layers` when some depth is predicted to meet the budget, else `nas`
   (`resolve_auto`).
 """
@@ -98,6 +100,22 @@ def depth_family(ev: Evaluator, low_ms: float, high_ms: float) -> list[Architect
     return out
 
 
+def layer_dropping(ev: Evaluator) -> list[Architecture]:
+    """The `layers` strategy's answer: the deepest feasible depth with every width kept. In a
+    band round (`ev.floor_ms` > 0: refinement looking between two fractions of the limit)
+    also the next depth up from the deepest one predicted under the band's top, with the
+    widest MLP that puts it in the band (`depth_family`). One layer is several percent of a
+    budget, coarser than the band, so a depth alone often has no member there; one more layer
+    with a slightly narrower MLP does."""
+    family = layer_family(ev)
+    found = _largest_feasible(ev, family)
+    if ev.floor_ms > 0:
+        median = ev.predicted(family)[ev.metric].to_numpy()
+        below = max((a.num_layers for a, ms in zip(family, median) if ms <= ev.limit_ms), default=0)
+        found += [a for a in depth_family(ev, ev.floor_ms, ev.limit_ms) if a.num_layers > below][:1]
+    return found
+
+
 def resolve_auto(ev: Evaluator) -> str:
     """The strategy `auto` stands for under `ev`'s limit: `layers` when some depth (all widths
     kept) is predicted feasible, else `nas`. At equal time for search and recovery, layer
@@ -115,7 +133,7 @@ def run_strategy(ev: Evaluator, strategy: str, evaluations: int, seed: int, opti
         for arch in width_scaling(ev):
             ev.quality(arch)
     elif strategy == "layers":
-        for arch in _largest_feasible(ev, layer_family(ev)):
+        for arch in layer_dropping(ev):
             ev.quality(arch)
     elif strategy == "random":
         rng = np.random.default_rng(seed)

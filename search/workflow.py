@@ -180,31 +180,34 @@ def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:
 
 def pick_finalists(prep: Prepared, cands: pd.DataFrame, refinement: Refinement) -> tuple[list[Architecture], int]:
     """Up to `opts.finalists` refined candidates measured under the budget (landed ones
-    first, then by calibration perplexity), then the best safe candidates as a fallback (one
-    when refined ones exist, else `opts.finalists`). Returns the finalists and how many of
-    them come first (the preferred ones)."""
+    first, then `by_rank`), then the fallbacks: the next such refined candidate, and the best
+    safe candidate (`opts.finalists` of them when nothing was refined under the budget).
+    Returns the finalists and how many of them come first (the preferred ones)."""
     opts, limit = prep.opts, prep.opts.limit_ms
     landed = set(refinement.landed(limit))
     near = cands[cands.arch_id.isin(refinement.under(limit))]
     near = by_rank(near).assign(_later=~near.arch_id.isin(landed)).sort_values("_later", kind="stable")
-    near = near.head(opts.finalists)
+    near = near.head(opts.finalists + 1)
     safe = cands[(cands.bound == "upper") & ~cands.arch_id.isin(near.arch_id)].head(1 if len(near) else opts.finalists)
     validate = prep.ranked.space.validate
     chosen = [validate(Architecture.from_json(j)) for j in pd.concat([near, safe]).arch_json]
-    return chosen, len(near) or len(chosen)
+    return chosen, min(len(near), opts.finalists) or len(chosen)
 
 
 def verify_finalists(prep: Prepared, cands: pd.DataFrame, session: DeviceSession, refinement: Refinement,
                      progress: bool = True) -> tuple[Verification, int]:
     """Time the preferred finalists (`pick_finalists`) on the device, paired with the parent,
-    and the fallback ones only when no preferred one meets the budget; marks the timed ones
-    and their measured latencies in `cands`. Returns the verification and the number of
-    preferred finalists."""
+    then the fallbacks one at a time while none timed meets the budget (the device can put a
+    candidate refinement measured under the budget over it: a rerun of one model differs by a
+    few percent); marks the timed ones and their measured latencies in `cands`. Returns the
+    verification and the number of preferred finalists."""
     finalists, preferred = pick_finalists(prep, cands, refinement)
     verified = _verify(prep, session, finalists[:preferred], progress)
-    if finalists[preferred:] and not any(_meets_budget(prep, v) for v in verified.measured.values()):
-        fallback = _verify(prep, session, finalists[preferred:], progress)
-        verified = Verification(verified.finalists + fallback.finalists, {**verified.measured, **fallback.measured},
+    for fallback in finalists[preferred:]:
+        if any(_meets_budget(prep, v) for v in verified.measured.values()):
+            break
+        more = _verify(prep, session, [fallback], progress)
+        verified = Verification(verified.finalists + more.finalists, {**verified.measured, **more.measured},
                                 verified.parent)
     for col in METRICS:
         cands[f"measured_{col}"] = cands.arch_id.map(lambda i, c=col: verified.measured.get(i, {}).get(c))

@@ -458,6 +458,50 @@ def test_the_fallback_is_timed_only_when_no_refined_finalist_meets_the_budget(se
     assert list(cands.finalist) == [True, fallback_timed]
 
 
+def test_when_the_preferred_finalists_run_over_on_the_device_the_next_refined_one_goes_before_the_safe_one(setup):
+    import pandas as pd
+
+    from latprune.profiling.devices import get_device
+    from latprune.search.refine import Refinement
+    from latprune.search.workflow import Prepared, passing_finalists, verify_finalists
+
+    ranked, _, _ = setup
+    archs = [Architecture.uniform(n, 4, 2, 64, 64) for n in (3, 2, 1)] + [ranked.space.smallest()]
+    cands = pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
+                          "perplexity": [5.0, 6.0, 7.0, 20.0], "bound": ["median", "median", "median", "upper"]})
+    prep = Prepared(get_device("cpu"), None, Workload(), ranked, SearchOptions(10.0, finalists=2))
+    session = ScriptedSession(dict(zip((a.id for a in archs), (1.05, 1.02, 0.93, 0.5))))
+    refinement = Refinement(dict(zip((a.id for a in archs[:3]), (9.8, 9.6, 9.0))))  # two landed, one further under
+    verified, preferred = verify_finalists(prep, cands, session, refinement, progress=False)
+    assert preferred == 2 and [a.id for a in verified.finalists] == [a.id for a in archs[:3]]
+    assert len(session.timed) == 9  # both preferred, then the third refined one; the safe one is never timed
+    assert passing_finalists(prep, verified, preferred) == [archs[2]]
+    assert list(cands.finalist) == [True, True, True, False]
+
+
+def test_a_band_round_of_layer_dropping_adds_the_next_depth_with_its_mlp_narrowed_into_the_band():
+    from types import SimpleNamespace
+
+    from latprune.search.evaluate import Evaluator
+    from latprune.search.strategies import layer_dropping, layer_family
+
+    space = smol_like_space()
+    ranked = SimpleNamespace(space=space, ranking=SimpleNamespace(layer_order=list(range(30))))
+    predictor = Predictor.fit(synthetic_profile(40), "roofline")
+    probe = Evaluator(ranked, predictor, None, Workload(), "decode_ms", 1e9)
+    depth_ms = dict(zip((a.num_layers for a in layer_family(probe)),
+                        probe.predicted(layer_family(probe)).decode_ms))
+    low, high = depth_ms[15] * 1.001, depth_ms[16] * 0.999  # the band between two depths: no depth in it
+    plain = Evaluator(ranked, predictor, None, Workload(), "decode_ms", high, bound="median")
+    assert [a.num_layers for a in layer_dropping(plain)] == [15]  # an ordinary round: the deepest that fits
+    band = Evaluator(ranked, predictor, None, Workload(), "decode_ms", high, bound="band", floor_ms=low)
+    (found,) = layer_dropping(band)
+    values, full = space.values_of(found), {k: v[-1] for k, v in space.choices().items()}
+    assert values["layers"] == 16 and values["mlp"] < full["mlp"]
+    assert {**values, "mlp": 0} == {**full, "layers": 16, "mlp": 0}  # every head, full hidden size
+    assert low <= band.prediction(found).decode_ms <= high
+
+
 def test_an_optimizer_without_the_nas_strategy_is_one_line():
     with pytest.raises(LatpruneError, match="--optimizer drives the nevergrad searches"):
         SearchOptions(10.0, strategy="layers", optimizer="NGOpt")
