@@ -13,6 +13,12 @@ put on the target profile's scale (each row's paired ratio x the target's baseli
     python benchmarks/transfer.py --source out/predictors/cpu-160 \\
         --target benchmarks/data/cpu-1t-transfer.parquet \\
         --heldout benchmarks/data/cpu-1t-heldout.parquet benchmarks/data/cpu-1t-heldout-aimed.parquet
+
+A workload as the target (the 2-thread CPU with a 512-token prompt; the source was fitted at
+128), written to its own results file:
+
+    python benchmarks/transfer.py --target benchmarks/data/cpu-p512-transfer.parquet \\
+        --heldout benchmarks/data/cpu-p512-heldout.parquet --name transfer-prompt512
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def main() -> None:
     ap.add_argument("--heldout", nargs="+", default=["benchmarks/data/cpu-1t-heldout.parquet"],
                     help="profiles of the target device never trained on (concatenated)")
     ap.add_argument("--sizes", default="5,10,20,40")
+    ap.add_argument("--name", default="transfer", help="results file: benchmarks/results/NAME.md and NAME.png")
     args = ap.parse_args()
     source = load_sources(args.source)
     target = read_profile(args.target)
@@ -103,12 +110,13 @@ def write_results(table: pd.DataFrame, args, target: pd.DataFrame, heldout: pd.D
     for r in table.itertuples():
         lines.append(f"| {r.metric} | {r.method} | {r.n} | {r.within_10_above_30:.1%} ({r.n_above_30}) | "
                      f"{r.within_10pct:.1%} | {r.mape:.2%} | {r.spearman:.3f} | {r.upper_covers:.0%} |")
-    lines += ["", "![learning curves](transfer.png)"]
-    plot(table)
-    print(_common.write_markdown("transfer", "Transfer: a new device from few measurements", "\n".join(lines)))
+    lines += ["", f"![learning curves]({args.name}.png)"]
+    plot(table, args.name)
+    title = f"Transfer: a new device or workload from few measurements (`{device}`, prompt {int(parent.prompt)})"
+    print(_common.write_markdown(args.name, title, "\n".join(lines)))
 
 
-def plot(table: pd.DataFrame) -> None:
+def plot(table: pd.DataFrame, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +133,7 @@ def plot(table: pd.DataFrame) -> None:
         ax.set_title(f"{metric}: within ±10% at ≥30% of the parent")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(_common.RESULTS / "transfer.png", dpi=120)
+    fig.savefig(_common.RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":
