@@ -489,8 +489,8 @@ def test_a_band_round_of_layer_dropping_adds_the_next_depth_with_its_mlp_narrowe
     ranked = SimpleNamespace(space=space, ranking=SimpleNamespace(layer_order=list(range(30))))
     predictor = Predictor.fit(synthetic_profile(40), "roofline")
     probe = Evaluator(ranked, predictor, None, Workload(), "decode_ms", 1e9)
-    depth_ms = dict(zip((a.num_layers for a in layer_family(probe)),
-                        probe.predicted(layer_family(probe)).decode_ms))
+    depths = layer_family(probe)
+    depth_ms = dict(zip((a.num_layers for a in depths), probe.predicted(depths).decode_ms))
     low, high = depth_ms[15] * 1.001, depth_ms[16] * 0.999  # the band between two depths: no depth in it
     plain = Evaluator(ranked, predictor, None, Workload(), "decode_ms", high, bound="median")
     assert [a.num_layers for a in layer_dropping(plain)] == [15]  # an ordinary round: the deepest that fits
