@@ -48,6 +48,13 @@ def write_markdown(name: str, title: str, body: str) -> Path:
     return path
 
 
+def require_files(ap, *paths: str) -> None:
+    """One line through `ap.error` naming any of `paths` (profiles the script reads) that is
+    not a file: `read_profile` reads a missing file as empty, for profiling to resume."""
+    if missing := [p for p in paths if not Path(p).is_file()]:
+        ap.error(f"no such profile: {', '.join(missing)}")
+
+
 def first_rows(frame, n: int):
     """The profile's first `n` usable sample rows (plan order, what a profile of `n` samples
     would have) and its reference rows."""

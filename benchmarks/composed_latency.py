@@ -47,6 +47,7 @@ def main() -> None:
                          "a profile of N samples costs)")
     ap.add_argument("--uniform-profile", default="benchmarks/data/cpu-160.parquet")
     args = ap.parse_args()
+    _common.require_files(ap, args.profile, args.uniform_profile)
     frame = read_profile(args.profile)
     rows = frame[(frame.role == HETERO_ROLE) & (frame.status == "ok") & ~frame.drift_flag.astype(bool)]
     archs = [Architecture.from_json(j) for j in rows.arch_json]

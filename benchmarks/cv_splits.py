@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--profile", default="benchmarks/data/cpu-160.parquet")
     ap.add_argument("--seeds", type=int, default=20)
     args = ap.parse_args()
+    _common.require_files(ap, args.profile)
     if args.seeds < 2:
         ap.error("--seeds must be at least 2")
     frame = read_profile(args.profile)

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=30)
     ap.add_argument("--passes", type=int, default=2, help="re-measurements of every held-out architecture")
     args = ap.parse_args()
+    _common.require_files(ap, args.profile)
     if args.passes < 1:
         ap.error("--passes must be at least 1")
 

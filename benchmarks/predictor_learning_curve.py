@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=30)
     ap.add_argument("--draws", type=int, default=3)
     args = ap.parse_args()
+    _common.require_files(ap, args.profile)
 
     rows, counts = usable_rows(read_profile(args.profile))
     space, _ = _parent_space(rows.iloc[0].parent_config_json)

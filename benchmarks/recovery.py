@@ -24,6 +24,11 @@ Reference rows (`--references`, on by default): the parent quantized by ONNX Run
 dynamic and int4 weight-only, timed paired with its fp32 graph and scored the same way
 (`_quantized.py`).
 
+With `--steps N` every row gets the same recovery instead of the same time: the same short
+distillation of its candidates (6 steps each), then exactly N steps for its winner, however
+long its search took. That compares what each search delivers after the default pipeline's
+recovery, free of this VM's speed drift between rows and sessions.
+
 Per row: the measured decode speedup (paired with the parent), held-out and second-text
 perplexity, KL divergence from and top-1 agreement with the parent (40 windows each), wall
 and CPU minutes. Needs a profile and predictor for `cpu` (e.g. from `latprune run`); each
@@ -67,7 +72,8 @@ WINDOWS = 40
 
 
 def run_row(prep, record: Path, minutes: float) -> dict:
-    """Search, refine, verify, choose and recover within `minutes` of wall time; the winner's figures."""
+    """Search, refine, verify, choose and recover within `minutes` of wall time (or for
+    `prep.opts.distill_steps` steps when set); the winner's figures."""
     t0, c0 = time.perf_counter(), time.process_time()
     cands, tried = rank_by_recovery(prep, candidates(prep, progress=False), progress=False)
     with DeviceSession(prep.ranked.model.config, prep.device, prep.workload, record,
@@ -79,7 +85,7 @@ def run_row(prep, record: Path, minutes: float) -> dict:
     child = child if child is not None else prep.ranked.extract(winner)
     left = minutes - (time.perf_counter() - t0) / 60
     info = recover(dataclasses.replace(prep, opts=dataclasses.replace(prep.opts, recover_minutes=max(left, 0.0))),
-                   child, None, progress=False) if left > 0 else None
+                   child, None, progress=False) if left > 0 or prep.opts.distill_steps else None
     m = prep.opts.metric
     return {"winner": winner.describe(), "parameters": prep.ranked.space.num_params(winner),
             "measured_ms": verified.measured[winner.id][m], "parent_ms": verified.parent["measured"][m],
@@ -107,7 +113,7 @@ def supernet_cost(work: Path, steps: int) -> tuple[str, dict]:
 
 def strategy_row(name: str, fraction: float, parent_ms: float, args, work: Path) -> tuple[object, dict]:
     """Prepare one strategy at one budget and run its row; (prep, row with the child model)."""
-    opts = SearchOptions(round(fraction * parent_ms, 2), **STRATEGIES[name])
+    opts = SearchOptions(round(fraction * parent_ms, 2), distill_steps=args.steps, **STRATEGIES[name])
     folder, cost = supernet_cost(work, args.supernet_steps) if name == "supernet" else (None, None)
     prep = prepare("default", "cpu", opts, predictor=args.predictor, supernet=folder, progress=False)
     record = work / f"{fraction}-{name}.parquet"  # each row refines from the same profile
@@ -128,12 +134,18 @@ def main() -> None:
     ap.add_argument("--predictor", default="out/predictors/cpu")
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
     ap.add_argument("--minutes", type=float, default=6.0, help="wall time per row: search + recovery")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="> 0: every winner gets exactly this many recovery steps instead of --minutes")
+    ap.add_argument("--name", default="recovery", help="results file: benchmarks/results/NAME.md and NAME.png")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--supernet-steps", type=int, default=20, help="sandwich steps of the supernet row")
     ap.add_argument("--no-references", action="store_true", help="skip the quantized reference rows")
     ap.add_argument("--work", default="out/bench_recovery")
     ap.add_argument("--report-only", action="store_true", help="write the results from WORK/rows.json")
     args = ap.parse_args()
+    _common.require_files(ap, args.profile)
+    if args.steps < 0:
+        raise SystemExit(f"--steps must be >= 0; got {args.steps}")
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -192,6 +204,14 @@ def _row_line(r: dict, rows: list[dict]) -> str:
             f"{r['device_timings']} | {r['wall_min']:.1f} / {r['cpu_min']:.1f} |")
 
 
+def _row_budget(args) -> str:
+    if args.steps:
+        return (f"Every row: the same recovery, {args.steps} distillation steps for its winner after the same "
+                "short distillation of its candidates, however long its search took.")
+    return (f"Every row: {args.minutes:g} minutes of wall time from the start of its search (or of its "
+            "super-network training) to the end of its recovery.")
+
+
 def _bold(text: str, yes: bool) -> str:
     return f"**{text}**" if yes else text
 
@@ -202,9 +222,8 @@ def write_results(saved: dict, parent_ms: float, args) -> None:
         raise SystemExit(f"no rows in {args.work}/rows.json yet")
     lines = [f"Parent: measured decode_ms {parent_ms:.2f} ms (the profile's baseline); held-out perplexity "
              f"{parent['heldout_perplexity']:.2f}, second text {parent['second_text_perplexity']:.2f} "
-             f"({WINDOWS} windows of {WINDOW} tokens each). Every row: {args.minutes:g} minutes of wall time from "
-             "the start of its search (or of its super-network training) to the end of its recovery. Bold: the "
-             "best held-out perplexity and the best KL at that budget.", "",
+             f"({WINDOWS} windows of {WINDOW} tokens each). {_row_budget(args)} Bold: the best held-out perplexity "
+             "and the best KL at that budget.", "",
              "| budget | strategy | winner | measured speedup | held-out ppl | second-text ppl | KL to parent | "
              "top-1 agreement | distillation steps (finalist + winner) | device timings | wall / CPU min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -220,13 +239,14 @@ def write_results(saved: dict, parent_ms: float, args) -> None:
                          f"{q['heldout_perplexity']:.2f} | {q['second_text_perplexity']:.2f} | "
                          f"{q['kl_to_parent']:.3f} | {q['top1_agreement']:.1%} | {r['size_mb']:.0f} "
                          f"({r['fp32_size_mb']:.0f}) |")
-    lines += ["", "![held-out and second-text perplexity per strategy](recovery.png)"]
-    plot(rows, parent)
-    print(_common.write_markdown("recovery", "Recovery: which strategy delivers the best model at equal time",
+    lines += ["", f"![held-out and second-text perplexity per strategy]({args.name}.png)"]
+    plot(rows, parent, args.name)
+    equal = "equal recovery steps" if args.steps else "equal time"
+    print(_common.write_markdown(args.name, f"Recovery: which strategy delivers the best model at {equal}",
                                  "\n".join(lines)))
 
 
-def plot(rows: list[dict], parent: dict) -> None:
+def plot(rows: list[dict], parent: dict, name: str) -> None:
     """Held-out and second-text perplexity per strategy, grouped by budget (log scale)."""
     import matplotlib
 
@@ -244,7 +264,7 @@ def plot(rows: list[dict], parent: dict) -> None:
         ax.set_title(f"{title} perplexity after recovery")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(_common.RESULTS / "recovery.png", dpi=120)
+    fig.savefig(_common.RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ a predictor's error), so that their median is not the mean of two that disagree.
 from __future__ import annotations
 
 # isort: off
-import _common  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch)
+import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports torch
 # isort: on
 
 import argparse
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--spread", type=float, default=0.0,
                     help="only architectures whose timings disagree by more than this (0: every one)")
     args = ap.parse_args()
+    _common.require_files(ap, args.profile)
     if args.passes < 1 or not 0 <= args.above <= 1 or args.spread < 0:
         ap.error("--passes must be at least 1, --above between 0 and 1 and --spread at least 0")
     try:

@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="the rows to (re)run, comma-separated")
     ap.add_argument("--work", default="out/bench_search")
     args = ap.parse_args()
+    _common.require_files(ap, args.profile)
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     fractions = [float(f) for f in args.fractions.split(",")]
     strategies = args.strategies.split(",")

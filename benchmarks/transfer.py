@@ -28,7 +28,6 @@ import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports to
 # isort: on
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,8 +87,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="5,10,20,40")
     ap.add_argument("--name", default="transfer", help="results file: benchmarks/results/NAME.md and NAME.png")
     args = ap.parse_args()
-    if missing := [p for p in (args.target, *args.heldout) if not Path(p).is_file()]:
-        ap.error(f"no such profile: {', '.join(missing)}")
+    _common.require_files(ap, args.target, *args.heldout)
     source = load_sources(args.source)
     target = read_profile(args.target)
     heldout = pd.concat([read_profile(p) for p in args.heldout], ignore_index=True)
