@@ -4,7 +4,7 @@ One timing per architecture is itself noisy on a shared VM (benchmarks/label_noi
 prediction "more than 10% off" may be the label's fault. This script times again, `--passes`
 more times, *every* usable architecture of the profile whose latency is at least `--above` x
 the parent's (not only those a predictor misses, so the medians favour no one), paired with
-the parent and on the profile's own scale, exactly as `latprune profile` times a sample. The
+the parent and on the profile's own scale and workload, exactly as `latprune profile` times a sample. The
 timings are appended to the profile itself as `retest` rows: predictors do not train on them,
 and `fit` scores its band table against each architecture's median over all its timings.
 Resumable: an architecture that already has `--passes` retest rows is not timed again.
@@ -61,6 +61,7 @@ def plan(frame: pd.DataFrame, metric: str, above: float, passes: int, spread: fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="benchmarks/data/cpu-160.parquet")
+    ap.add_argument("--devices-file", help="devices TOML naming the profile's device, if not built in")
     ap.add_argument("--metric", default="decode_ms", choices=("prefill_ms", "decode_ms"))
     ap.add_argument("--above", type=float, default=0.3, help="re-time architectures from this share of the parent up")
     ap.add_argument("--passes", type=int, default=1, help="retest rows wanted per architecture")
@@ -73,13 +74,14 @@ def main() -> None:
     try:
         frame = read_profile(args.profile)
         todo = plan(frame, args.metric, args.above, args.passes, args.spread)
+        first = frame[frame.role == "reference"].iloc[0]
+        device, workload = get_device(first.device, args.devices_file), Workload.from_key(first.workload)
     except LatpruneError as exc:
         ap.error(f"--profile {args.profile}: {exc}")
-    first = frame[frame.role == "reference"].iloc[0]
     writer = ProfileWriter(args.profile)
     changes = []
     try:
-        prof = Profiler(load_config("default"), get_device(first.device), Workload(), writer)
+        prof = Profiler(load_config("default"), device, workload, writer)
         if prof.key["model_hash"] != first.model_hash:
             ap.error(f"{args.profile} is not a profile of the default model")
         try:

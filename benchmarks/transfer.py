@@ -8,7 +8,8 @@ both predictors are fitted on the target profile's first n sample rows plus the 
 reference timing, and scored on the held-out architectures (none of them trained on):
 share within ±10% at >= 30% of the parent's latency (where budgets are), overall, Spearman
 rho, and how often the upper bound covers the measured latency. Held-out latencies are
-put on the target profile's scale (each row's paired ratio x the target's baseline).
+put on the target profile's scale (each architecture's median paired ratio, over its sample
+and re-test timings, x the target's baseline).
 
     python benchmarks/transfer.py --source out/predictors/cpu-160 \\
         --target benchmarks/data/cpu-1t-transfer.parquet \\
@@ -37,15 +38,18 @@ from latprune.predictors.features import features
 from latprune.predictors.predictor import METRICS, Predictor
 from latprune.predictors.surrogates import XGBoostSurrogate
 from latprune.predictors.transfer import load_sources
-from latprune.profiling.dataset import baseline, read_profile, reference_rows, stat_column, usable_rows
+from latprune.profiling.dataset import baseline, read_profile, reference_rows, stat_column, timed_rows, usable_rows
 
 
 def on_scale(heldout: pd.DataFrame, scale: dict[str, float], exclude: set[str]) -> pd.DataFrame:
-    """Held-out sample rows not in `exclude`, each metric as its paired ratio x `scale`."""
+    """Held-out sample rows not in `exclude`, each metric as its architecture's median paired
+    ratio (over its sample and re-test timings, as `fit` labels its rows) x `scale`."""
     rows, _ = usable_rows(heldout)
     rows = rows[~rows.arch_id.isin(exclude)].drop_duplicates("arch_id").copy()
+    timed = timed_rows(heldout)
     for m in METRICS:
-        rows[m] = rows[stat_column(m, "ratio")] * scale[m]
+        ratio = stat_column(m, "ratio")
+        rows[m] = rows.arch_id.map(timed.groupby("arch_id")[ratio].median()) * scale[m]
     return rows
 
 

@@ -4,6 +4,7 @@ e2e_ms = prefill_ms + generate x decode_ms."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from .errors import LatpruneError
@@ -45,6 +46,14 @@ class Workload:
             except ValueError:
                 raise LatpruneError(f"--workload: {key}={value!r} is not an integer") from None
         return cls(**values)
+
+    @classmethod
+    def from_key(cls, key: str) -> Workload:
+        """Inverse of `key` ('b1-p128-g32'), as profiles record it."""
+        match = re.fullmatch(r"b(\d+)-p(\d+)-g(\d+)", key)
+        if not match:
+            raise LatpruneError(f"not a workload key (e.g. b1-p128-g32): {key!r}")
+        return cls(*map(int, match.groups()))
 
     def e2e_ms(self, prefill_ms, decode_ms):
         return prefill_ms + self.generate * decode_ms

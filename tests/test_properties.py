@@ -4,6 +4,7 @@ device TOML tables and CLI option values. Valid input works; invalid input is on
 
 import json
 import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -59,6 +60,20 @@ def test_workload_text_is_a_workload_or_one_clear_error(text):
         assert "\n" not in str(exc)
         return
     assert min(w.batch, w.prompt, w.generate) >= 1
+
+
+@SETTINGS
+@given(st.integers(1, 64), st.integers(1, 4096), st.integers(1, 256), st.text(alphabet="bpg-0123456789x", max_size=12))
+def test_a_workload_key_reads_back_as_its_workload_and_other_keys_are_one_clear_error(batch, prompt, generate, key):
+    w = Workload(batch=batch, prompt=prompt, generate=generate)
+    assert Workload.from_key(w.key) == w
+    try:
+        read = Workload.from_key(key)
+    except LatpruneError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert re.fullmatch(r"b(\d+)-p(\d+)-g(\d+)", key)
+    assert [read.batch, read.prompt, read.generate] == [int(v) for v in re.findall(r"\d+", key)]
 
 
 def _toml(value) -> str:
