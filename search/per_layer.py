@@ -2,10 +2,12 @@
 KV groups, query heads per group and MLP width (the hidden size is shared), searched with
 nevergrad against the composed latency prediction (`Predictor.predict`).
 
-It starts from the uniform round's best candidates (`seeds`) and from importance-guided
-tapers of the best one (`taper`): keep one to three more of the most important layers and
-narrow the MLPs of the least important kept layers until the prediction fits. The search
-then mutates layer by layer from there, so its best is never worse zero-shot than its seeds.
+It starts from the uniform round's best candidates (`seeds`), from the best one filled
+(`fill`: every seed layer kept whole, the most important dropped layers added back with the
+largest block that still fits) and from importance-guided tapers of it (`taper`): keep one
+to three more of the most important layers and narrow the MLPs of the least important kept
+layers until the prediction fits. The search then mutates layer by layer from there, so its
+best is never worse zero-shot than its seeds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .evaluate import Evaluator
 from .strategies import ask_and_tell
 
 DROPPED = 0  # an MLP width of 0 in the parametrization: the layer is dropped
+FILLED = "per-layer fill"  # the strategy column of the filled seed (`fill`), evaluated first
 EXTRA_LAYERS = (1, 2, 3)  # tapers keep this many more layers than the seed
 
 
@@ -108,10 +111,37 @@ def taper(ev: Evaluator, seed: Architecture, extra: int) -> Architecture | None:
     return at(lo)
 
 
+def fill(ev: Evaluator, seed: Architecture) -> Architecture | None:
+    """`seed` with its dropped layers added back, most important first, each as the largest
+    block (by parameters, over every attention shape and MLP width) that keeps the prediction
+    feasible, until none fits; None when not even the smallest block fits. A layer-dropped
+    seed sits a fraction of a layer under its budget (one layer is several percent of it);
+    this spends that rest on more depth, which recovers best after distillation, without
+    touching any layer the seed kept."""
+    lw = LayerwiseSpace(ev.ranked.space, seed.hidden)
+    arch = seed
+    for i in [int(i) for i in ev.ranked.ranking.layer_order if int(i) not in seed.layers]:
+        blocks = [_with_layer(arch, i, kv * q, kv, m) for kv, q in lw.attention for m in ev.ranked.space.mlp_choices]
+        fits = [a for a, ok in zip(blocks, ev.feasible_many(blocks)) if ok]
+        if not fits:
+            break
+        arch = max(fits, key=ev.ranked.space.num_params)
+    return arch if arch.layers != seed.layers else None
+
+
+def _with_layer(arch: Architecture, i: int, heads: int, kv: int, mlp: int) -> Architecture:
+    """`arch` with parent layer `i` added, shaped (heads, kv, mlp)."""
+    shape = {**{j: s for j, *s in zip(arch.layers, arch.heads, arch.kv_groups, arch.mlp)}, i: [heads, kv, mlp]}
+    kept = sorted(shape)
+    return Architecture.per_layer(kept, [shape[j][0] for j in kept], [shape[j][1] for j in kept],
+                                  [shape[j][2] for j in kept], arch.hidden)
+
+
 def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, seed: int, optimizer: str,
                   progress=None) -> None:
     """Evaluate up to `evaluations` feasible per-layer architectures (results in
-    `ev.records`): the seeds and tapers of the first one, then nevergrad's mutations."""
+    `ev.records`): the first seed filled (strategy FILLED), the seeds and tapers of the first
+    one, then nevergrad's mutations."""
     import nevergrad as ng
 
     ev.strategy = "per-layer"
@@ -126,7 +156,13 @@ def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, se
 
     param.register_cheap_constraint(feasible)
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
-    starts = [*seeds, *(t for extra in EXTRA_LAYERS if (t := taper(ev, seeds[0], extra)) is not None)]
+    filled = fill(ev, seeds[0])
+    if filled is not None:  # under its own name, so that the recovery-aware shortlist can take it
+        ev.strategy = FILLED
+        ev.quality(filled)
+        ev.strategy = "per-layer"
+    grown = [filled, *(taper(ev, seeds[0], extra) for extra in EXTRA_LAYERS)]
+    starts = [*seeds, *(a for a in grown if a is not None)]
     for start in starts:
         if start.hidden == lw.hidden and ev.feasible(start):
             opt.suggest(lw.values(start))

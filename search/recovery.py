@@ -28,6 +28,7 @@ from latprune.compress.ranked import WINDOW
 from latprune.text import calibration_windows
 
 from .evaluate import SEARCH_WINDOWS, Evaluator
+from .per_layer import FILLED
 from .refine import BAND, by_rank
 from .strategies import depth_family
 
@@ -42,10 +43,10 @@ def recovery_aware(opts) -> bool:
 
 def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tuple[pd.DataFrame, list[Architecture]]:
     """The candidates worth a short distillation, `2 x opts.finalists` in all: the search's
-    best zero-shot candidate in the budget band, with `--space per-layer` the best per-layer
-    and the best uniform one too, then members of the `depth_family` in that band at depths
-    evenly spread from the shallowest to the family's best zero-shot one (for the `nas`
-    strategy; the baselines keep to their own families).
+    best zero-shot candidate in the budget band, with `--space per-layer` the best per-layer,
+    the filled seed (`per_layer.fill`) and the best uniform one too, then members of the
+    `depth_family` in that band at depths evenly spread from the shallowest to the family's
+    best zero-shot one (for the `nas` strategy; the baselines keep to their own families).
     The band: predicted median in BAND x the limit (with no refinement: upper bound from
     BAND[0] x the limit up to it). Returns the candidates with the family's members evaluated
     (zero-shot) added, and the shortlist."""
@@ -55,8 +56,8 @@ def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tup
     cands, family = _with_depth_family(prep, cands, low, high, progress) if opts.strategy == "nas" else (cands, [])
     band = cands[cands[column].between(low, high)].sort_values("perplexity", kind="stable")
     picked = [Architecture.from_json(j) for j in band.arch_json.head(1)]
-    if opts.space == "per-layer":  # the best of each space, so that recovery decides between them
-        for strategy in ("per-layer", opts.strategy):
+    if opts.space == "per-layer":  # the best of each space and the filled seed, so that recovery decides
+        for strategy in ("per-layer", FILLED, opts.strategy):
             best = band[(band.strategy == strategy) & ~band.arch_id.isin([a.id for a in picked])].arch_json.head(1)
             picked += [Architecture.from_json(j) for j in best][: 2 * opts.finalists - len(picked)]
     if family:

@@ -5,7 +5,7 @@ import pytest
 from latprune import Architecture, LatpruneError, SearchSpace
 from latprune.search.evaluate import Evaluator
 from latprune.search.options import SearchOptions
-from latprune.search.per_layer import LayerwiseSpace, check_per_layer, taper
+from latprune.search.per_layer import FILLED, LayerwiseSpace, check_per_layer, fill, taper
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
@@ -53,6 +53,33 @@ def test_taper_adds_the_most_important_layers_and_narrows_only_the_least_importa
     assert taper(ev, seed, extra=len(order)) is None  # more layers than the parent has
 
 
+def test_fill_keeps_every_seed_layer_whole_and_adds_the_next_most_important_as_the_largest_block_that_fits(setup):
+    ranked, predictor, windows = setup
+    space, order, p = ranked.space, [int(i) for i in ranked.ranking.layer_order], ranked.space.parent
+    seed = space.from_values({**{k: v[-1] for k, v in space.choices().items()}, "layers": 2}, order)
+    whole = (p["heads"], p["kv_groups"], p["mlp"])
+
+    def plus(heads: int, kv: int, mlp: int) -> Architecture:  # the seed and the third most important layer
+        shape = {**{i: whole for i in order[:2]}, order[2]: (heads, kv, mlp)}
+        kept = sorted(shape)
+        return Architecture.per_layer(kept, *([shape[i][k] for i in kept] for k in range(3)), p["hidden"])
+
+    bounds = predictor.predict([plus(*whole), plus(1, 1, space.mlp_choices[0])]).decode_ms_upper
+    ev = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", bounds.mean())  # a whole layer does not fit
+    filled = fill(ev, seed)
+    assert filled is not None and ev.feasible(filled) and set(filled.layers) == set(order[:3])
+    shape = {i: (h, kv, m) for i, h, kv, m in zip(filled.layers, filled.heads, filled.kv_groups, filled.mlp)}
+    assert shape[order[0]] == shape[order[1]] == whole  # the seed's layers are kept whole
+    blocks = [plus(kv * q, kv, m) for kv, q in LayerwiseSpace(space, p["hidden"]).attention for m in space.mlp_choices]
+    fitting = [b for b, ok in zip(blocks, ev.feasible_many(blocks)) if ok]
+    assert shape[order[2]] != whole and filled in fitting  # the added layer is a smaller block that fits...
+    assert space.num_params(filled) == max(map(space.num_params, fitting))  # ...the largest one
+    tight = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", ev.upper_ms(seed) * 1.0001)
+    assert fill(tight, seed) is None  # no block fits beside the seed
+    roomy = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", 2 * ev.upper_ms(space.largest()))
+    assert fill(roomy, seed) == space.largest()  # every block fits: the parent, every layer whole
+
+
 def test_per_layer_round_stays_in_budget_and_never_loses_to_its_seeds(setup):
     ranked, predictor, windows = setup
     opts = SearchOptions(limit_at(predictor, ranked, 0.9), evaluations=10, seed=0, strategy="nas",
@@ -61,7 +88,7 @@ def test_per_layer_round_stays_in_budget_and_never_loses_to_its_seeds(setup):
     seeds = [Architecture.from_json(j) for j in uniform.frame().sort_values("perplexity").arch_json.head(2)]
     per = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, seeds=seeds,
                           perplexities=uniform.perplexities).frame()
-    assert (per.strategy == "per-layer").all() and len(per) == opts.evaluations
+    assert per.strategy.isin(["per-layer", FILLED]).all() and len(per) == opts.evaluations
     archs = [Architecture.from_json(j) for j in per.arch_json]
     composed = predictor.predict(archs).decode_ms_upper.to_numpy()
     assert (composed <= opts.limit_ms + 1e-9).all()

@@ -424,6 +424,26 @@ def test_candidates_of_other_depths_get_the_short_distillation_before_the_device
         (first, tried.models[first.id][1])  # a single finalist: its distilled model, no further steps
 
 
+def test_the_per_layer_shortlist_takes_the_best_per_layer_one_the_filled_seed_and_the_best_uniform_one(setup):
+    import numpy as np
+    import pandas as pd
+
+    from latprune.search.per_layer import FILLED
+    from latprune.search.recovery import shortlist
+    from latprune.search.workflow import Prepared
+
+    ranked, predictor, _ = setup
+    rng = np.random.default_rng(0)
+    archs = list({a.id: a for a in (ranked.space.sample(rng) for _ in range(50))}.values())[:6]
+    opts = SearchOptions(10.0, strategy="layers", space="per-layer", finalists=2)
+    cands = pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
+                          "strategy": ["per-layer", "per-layer", "layers", FILLED, "layers", "per-layer"],
+                          "perplexity": [10.0, 11.0, 12.0, 30.0, 13.0, 9.0],
+                          "pred_decode_ms": [9.7, 9.7, 9.7, 9.7, 9.7, 9.0]})  # the last lies under the band
+    _, picked = shortlist(cands, Prepared(None, predictor, Workload(), ranked, opts), progress=False)
+    assert [a.id for a in picked] == [archs[i].id for i in (0, 1, 3, 2)]  # best; next per-layer; filled; uniform
+
+
 class ScriptedSession:
     """A device session whose paired ratios are scripted per architecture id."""
 
