@@ -20,7 +20,7 @@ from latprune.architecture import Architecture
 from latprune.errors import LatpruneError
 from latprune.files import PREDICTOR_MARKER, atomic_dir, check_out
 from latprune.models import config_from_dict
-from latprune.profiling.dataset import read_profile, reference_rows, timed_rows, usable_rows
+from latprune.profiling.dataset import HETERO_ROLE, read_profile, reference_rows, timed_rows, usable_rows
 from latprune.space import SearchSpace
 from latprune.workload import Workload
 
@@ -164,7 +164,9 @@ class Predictor:
         meta["repeatability_by_band"] = _repeatability(frame, refs)
         if kind == "transfer":
             meta.update(band_split=transfer.BAND_SPLIT, transfer=transfer.record(sources, rows))
-        return cls(kind, space, first["dtype"], surrogates, meta)
+        fitted = cls(kind, space, first["dtype"], surrogates, meta)
+        fitted.meta["per_layer_scale"] = _per_layer_scale(fitted, frame, first)
+        return fitted
 
     @property
     def sources(self) -> list[Predictor]:
@@ -217,9 +219,17 @@ class Predictor:
         (`compose`); exact for uniform architectures, additive across blocks otherwise."""
         for a in archs:
             self.space.validate(a)
+        workload = workload or self.default_workload()
         variants, weights = compose(archs)
-        per_variant = self.predict_columns(arch_columns(variants), workload or self.default_workload())
-        return pd.DataFrame(weights @ per_variant.to_numpy(), columns=per_variant.columns)
+        per_variant = self.predict_columns(arch_columns(variants), workload)
+        out = pd.DataFrame(weights @ per_variant.to_numpy(), columns=per_variant.columns)
+        if scale := self.meta.get("per_layer_scale"):  # what this device's per-layer timings showed
+            mixed = np.array([not a.is_uniform for a in archs], dtype=bool)
+            for metric, factor in scale.items():
+                out.loc[mixed, [metric, f"{metric}_upper"]] *= factor
+            out["e2e_ms"] = workload.e2e_ms(out.prefill_ms, out.decode_ms)
+            out["e2e_ms_upper"] = workload.e2e_ms(out.prefill_ms_upper, out.decode_ms_upper)
+        return out
 
     # ---- files -----------------------------------------------------------------
     def save(self, out: str | Path, inputs: list = ()) -> Path:
@@ -253,6 +263,24 @@ class Predictor:
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); refit it with 'latprune fit'"
                                 ) from None
         return cls(meta["kind"], space, meta["dtype"], surrogates, meta)
+
+
+def _per_layer_scale(predictor: Predictor, frame: pd.DataFrame, first: pd.Series) -> dict[str, float]:
+    """Per metric, the median of measured / composed latency over the profile's timings of
+    per-layer architectures (HETERO_ROLE: refinement's, or a `--plan per-layer` profile's) of
+    this device, parent and workload; {} without any. Composition inherits each uniform
+    variant's error and the session's drift: in one 0.5x search the timed per-layer
+    candidates measured 0.80-0.91 of their composed predictions, and refinement, which
+    trains on uniform timings only, never learned it (benchmarks/results/
+    recovery_equal_steps.md). This carries what they showed into later per-layer predictions."""
+    rows = frame[(frame.role == HETERO_ROLE) & (frame.status == "ok") & ~frame.drift_flag.astype(bool)
+                 & (frame.device == first.device) & (frame.model_hash == first.model_hash)
+                 & (frame.workload == first.workload)]
+    if rows.empty:
+        return {}
+    workload = Workload(batch=int(first.batch), prompt=int(first.prompt))  # what prefill and decode depend on
+    composed = predictor.predict([Architecture.from_json(j) for j in rows.arch_json], workload)
+    return {m: float(np.median(rows[m].to_numpy(float) / composed[m].to_numpy(float))) for m in METRICS}
 
 
 def compose(archs: list[Architecture]) -> tuple[list[Architecture], np.ndarray]:

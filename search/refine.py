@@ -180,7 +180,10 @@ def _refit(prep: Prepared, session: DeviceSession) -> Predictor | None:
 def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession,
                      progress: bool = True) -> tuple[Refinement, pd.DataFrame]:
     """Budget-directed refinement (`refine`) with this device session, searching the budget
-    band with the search's own strategy when the candidates have none there. Returns it and
+    band with the search's own strategy when the candidates have none there (with `--space
+    per-layer`, then a per-layer round from the best uniform candidates predicted at or under
+    the band: per-layer timings rescale later per-layer predictions, `Predictor.predict`,
+    so the pool's per-layer candidates can all leave the band). Returns it and
     the candidates (with those the band rounds found), each measured one's latency in column
     `refine_<metric>`."""
     from .workflow import find_candidates  # the search's own round; workflow imports this module
@@ -192,8 +195,16 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
     shared = dict(zip(cands.arch_id, cands.perplexity))
 
     def search_band(predictor: Predictor, band: tuple[float, float]) -> pd.DataFrame:
-        return find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=band,
-                               perplexities=shared).frame()
+        found = find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=band,
+                                perplexities=shared).frame()
+        if opts.space != "per-layer":
+            return found
+        seeds = _per_layer_seeds(predictor, pd.concat([found, cands]), opts, prep.workload, band[1])
+        if not seeds:
+            return found
+        per = find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=band,
+                              perplexities=shared, seeds=seeds).frame()
+        return pd.concat([found, per], ignore_index=True).drop_duplicates("arch_id")
 
     bar = tqdm(total=opts.device_measurements, desc=f"refine on {prep.device.name}", unit="timing",
                disable=not progress)
@@ -212,6 +223,19 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
     pool = by_rank(result.pool)
     pool[f"refine_{m}"] = pool.arch_id.map(result.measured)
     return result, pool
+
+
+def _per_layer_seeds(predictor: Predictor, pool: pd.DataFrame, opts: SearchOptions, workload: Workload,
+                     top: float) -> list[Architecture]:
+    """The two best (zero-shot) uniform candidates of `pool` that `predictor` puts at or
+    under `top` x the limit: a per-layer band round starts from them (and fills them, which
+    lifts one from under the band into it)."""
+    uniform = [Architecture.from_json(j) for j in pool.sort_values("perplexity", kind="stable").arch_json]
+    uniform = list({a.id: a for a in uniform if a.is_uniform}.values())
+    if not uniform:
+        return []
+    ms = predictor.predict(uniform, workload)[opts.metric].to_numpy()
+    return [a for a, m in zip(uniform, ms) if m <= top * opts.limit_ms][:2]
 
 
 def timing_role(arch: Architecture) -> str:

@@ -444,6 +444,25 @@ def test_the_per_layer_shortlist_takes_the_best_per_layer_one_the_filled_seed_an
     assert [a.id for a in picked] == [archs[i].id for i in (0, 1, 3, 2)]  # best; next per-layer; filled; uniform
 
 
+def test_a_per_layer_band_round_starts_from_the_best_uniform_candidates_predicted_at_or_under_the_band(setup):
+    import pandas as pd
+
+    from latprune.search.refine import _per_layer_seeds
+
+    ranked, predictor, _ = setup
+    space, order = ranked.space, ranked.ranking.layer_order
+    full = {k: v[-1] for k, v in space.choices().items()}
+    depths = [space.from_values({**full, "layers": d}, order) for d in space.choices()["layers"]]
+    mixed = Architecture.per_layer([0, 1], [4, 2], [2, 1], [64, 32], full["hidden"])
+    archs = [*depths, mixed]
+    ms = predictor.predict(depths).decode_ms.to_numpy()
+    opts = SearchOptions(float(ms[-2]), space="per-layer")  # every depth but the deepest fits
+    pool = pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
+                         "perplexity": [float(len(archs) - i) for i in range(len(archs))]})  # the later, the better
+    seeds = _per_layer_seeds(predictor, pool, opts, Workload(), 1.0)
+    assert seeds == [depths[-2], depths[-3]]  # the best two uniform ones that fit; never a per-layer one
+
+
 class ScriptedSession:
     """A device session whose paired ratios are scripted per architecture id."""
 
