@@ -88,7 +88,8 @@ def test_run_with_the_per_layer_space_delivers_a_verified_model_that_loads_witho
     cands = pd.read_parquet(out / "candidates.parquet")
     per_layer = cands[cands.strategy == "per-layer"]
     assert len(per_layer) and not all(Architecture.from_json(j).is_uniform for j in per_layer.arch_json)
-    assert (per_layer.bound == "median").all() and (per_layer.pred_decode_ms <= summary["budget_ms"] + 1e-9).all()
+    assert per_layer.bound.isin(["median", "band"]).all()  # the round near the budget, refinement's band rounds
+    assert (per_layer.pred_decode_ms <= summary["budget_ms"] + 1e-9).all()
     winner = Architecture.from_dict(summary["winner"]["architecture"])
     model = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=not winner.is_uniform)
     assert sum(p.numel() for p in model.parameters()) == summary["winner"]["parameters"]
