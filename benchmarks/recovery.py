@@ -51,6 +51,7 @@ import shutil
 import time
 from pathlib import Path
 
+from latprune.architecture import Architecture
 from latprune.compress.quality import quality_report
 from latprune.compress.ranked import WINDOW
 from latprune.errors import LatpruneError
@@ -80,8 +81,8 @@ def run_row(prep, record: Path, minutes: float) -> dict:
                        baseline=prep.predictor.baseline(prep.workload)) as session:
         refinement, cands = refine_on_device(prep, cands, session, progress=False)
         verified, preferred = verify_finalists(prep, cands, session, refinement, progress=False)
-    winner, child, selection = select_by_recovery(prep, passing_finalists(prep, verified, preferred), progress=False,
-                                                  tried=tried)
+    passing = passing_finalists(prep, verified, preferred)
+    winner, child, selection = select_by_recovery(prep, passing, progress=False, tried=tried)
     child = child if child is not None else prep.ranked.extract(winner)
     left = minutes - (time.perf_counter() - t0) / 60
     info = recover(dataclasses.replace(prep, opts=dataclasses.replace(prep.opts, recover_minutes=max(left, 0.0))),
@@ -90,9 +91,18 @@ def run_row(prep, record: Path, minutes: float) -> dict:
     return {"winner": winner.describe(), "parameters": prep.ranked.space.num_params(winner),
             "measured_ms": verified.measured[winner.id][m], "parent_ms": verified.parent["measured"][m],
             "selection_steps": selection.get("steps_each", 0), "recovery_steps": info["steps"] if info else 0,
+            "selection": _selection(cands, tried, passing, winner),
             "device_timings": refinement.spent + 3 * len(verified.finalists),
             "wall_min": (time.perf_counter() - t0) / 60, "cpu_min": (time.process_time() - c0) / 60,
             "child": child}
+
+
+def _selection(cands, tried, passing: list, winner) -> dict:
+    """What decided the winner: each short-distilled candidate's calibration perplexity after
+    the short distillation, which finalists passed on the device, and the one chosen."""
+    names = {i: f"{i} {Architecture.from_json(j).describe()}" for i, j in zip(cands.arch_id, cands.arch_json)}
+    return {"short_distilled": {names.get(i, i): ppl for i, (ppl, _) in tried.models.items()},
+            "passing": [names.get(a.id, a.id) for a in passing], "chosen": names.get(winner.id, winner.id)}
 
 
 def supernet_cost(work: Path, steps: int) -> tuple[str, dict]:
