@@ -155,7 +155,7 @@ def main() -> None:
     args = ap.parse_args()
     _common.require_files(ap, args.profile)
     if args.steps < 0:
-        raise SystemExit(f"--steps must be >= 0; got {args.steps}")
+        ap.error(f"--steps must be >= 0; got {args.steps}")
     parent_ms = parent_measured(Path(args.profile), model_identity(load_config("default"))["config_hash"], "decode_ms")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
