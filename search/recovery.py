@@ -47,6 +47,8 @@ def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tup
     the filled seed (`per_layer.fill`) and the best uniform one too, then members of the
     `depth_family` in that band at depths evenly spread from the shallowest to the family's
     best zero-shot one (for the `nas` strategy; the baselines keep to their own families).
+    A space with no candidate in the band contributes its best one up to the limit (at 0.7x
+    the layer-dropped L=19 was predicted at 99.5% and the shortlist held only per-layer mixes).
     The band: predicted median in BAND x the limit (with no refinement: upper bound from
     BAND[0] x the limit up to it). Returns the candidates with the family's members evaluated
     (zero-shot) added, and the shortlist."""
@@ -57,8 +59,10 @@ def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tup
     band = cands[cands[column].between(low, high)].sort_values("perplexity", kind="stable")
     picked = [Architecture.from_json(j) for j in band.arch_json.head(1)]
     if opts.space == "per-layer":  # the best of each space and the filled seed, so that recovery decides
+        near = cands[cands[column].between(low, opts.limit_ms)].sort_values("perplexity", kind="stable")
         for strategy in ("per-layer", FILLED, opts.strategy):
-            best = band[(band.strategy == strategy) & ~band.arch_id.isin([a.id for a in picked])].arch_json.head(1)
+            pool = band if (band.strategy == strategy).any() else near  # none in the band: its best up to the limit
+            best = pool[(pool.strategy == strategy) & ~pool.arch_id.isin([a.id for a in picked])].arch_json.head(1)
             picked += [Architecture.from_json(j) for j in best][: 2 * opts.finalists - len(picked)]
     if family:
         ppl = dict(zip(cands.arch_id, cands.perplexity))

@@ -442,6 +442,9 @@ def test_the_per_layer_shortlist_takes_the_best_per_layer_one_the_filled_seed_an
                           "pred_decode_ms": [9.7, 9.7, 9.7, 9.7, 9.7, 9.0]})  # the last lies under the band
     _, picked = shortlist(cands, Prepared(None, predictor, Workload(), ranked, opts), progress=False)
     assert [a.id for a in picked] == [archs[i].id for i in (0, 1, 3, 2)]  # best; next per-layer; filled; uniform
+    above = cands.assign(pred_decode_ms=[9.7, 9.7, 9.95, 9.7, 9.95, 9.0])  # no uniform one in the band...
+    _, picked = shortlist(above, Prepared(None, predictor, Workload(), ranked, opts), progress=False)
+    assert [a.id for a in picked] == [archs[i].id for i in (0, 1, 3, 2)]  # ...its best up to the limit still goes
 
 
 def test_a_per_layer_band_round_starts_from_the_best_uniform_candidates_predicted_at_or_under_the_band(setup):
