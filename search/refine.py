@@ -202,8 +202,11 @@ def refine_on_device(prep: Prepared, cands: pd.DataFrame, session: DeviceSession
         seeds = _per_layer_seeds(predictor, pd.concat([found, cands]), opts, prep.workload, band[1])
         if not seeds:
             return found
-        per = find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band", band=band,
-                              perplexities=shared, seeds=seeds).frame()
+        # searched up to the band's top and filtered to the band afterwards: held to the narrow band
+        # itself, nevergrad's constraint handling retries up to ~1000 predictions per ask
+        per = find_candidates(ranked, predictor, calib, prep.workload, opts, progress, bound="band",
+                              band=(0.0, band[1]), perplexities=shared, seeds=seeds).frame()
+        per = per[per[f"pred_{opts.metric}"] >= band[0] * opts.limit_ms]
         return pd.concat([found, per], ignore_index=True).drop_duplicates("arch_id")
 
     bar = tqdm(total=opts.device_measurements, desc=f"refine on {prep.device.name}", unit="timing",
