@@ -46,10 +46,9 @@ def on_scale(heldout: pd.DataFrame, scale: dict[str, float], exclude: set[str]) 
     ratio (over its sample and re-test timings, as `fit` labels its rows) x `scale`."""
     rows, _ = usable_rows(heldout)
     rows = rows[~rows.arch_id.isin(exclude)].drop_duplicates("arch_id").copy()
-    timed = timed_rows(heldout)
+    medians = timed_rows(heldout).groupby("arch_id")[[stat_column(m, "ratio") for m in METRICS]].median()
     for m in METRICS:
-        ratio = stat_column(m, "ratio")
-        rows[m] = rows.arch_id.map(timed.groupby("arch_id")[ratio].median()) * scale[m]
+        rows[m] = rows.arch_id.map(medians[stat_column(m, "ratio")]) * scale[m]
     return rows
 
 
