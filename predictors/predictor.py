@@ -31,6 +31,7 @@ from .surrogates import SURROGATES
 PREDICTOR_VERSION = 2  # 2: the surrogates' under-prediction widening is named cv_under
 METRICS = ("prefill_ms", "decode_ms")
 MIN_ROWS = 12
+SCALE_NEIGHBOURS = 3  # timed per-layer architectures whose median ratio scales one per-layer prediction
 
 
 def _parent_space(config_json: str) -> tuple[SearchSpace, Any]:
@@ -165,7 +166,7 @@ class Predictor:
         if kind == "transfer":
             meta.update(band_split=transfer.BAND_SPLIT, transfer=transfer.record(sources, rows))
         fitted = cls(kind, space, first["dtype"], surrogates, meta)
-        fitted.meta["per_layer_scale"] = _per_layer_scale(fitted, frame, first)
+        fitted.meta["per_layer_timings"] = _per_layer_timings(fitted, frame, first)
         return fitted
 
     @property
@@ -223,10 +224,12 @@ class Predictor:
         variants, weights = compose(archs)
         per_variant = self.predict_columns(arch_columns(variants), workload)
         out = pd.DataFrame(weights @ per_variant.to_numpy(), columns=per_variant.columns)
-        if scale := self.meta.get("per_layer_scale"):  # what this device's per-layer timings showed
+        if timings := self.meta.get("per_layer_timings"):  # what this device's per-layer timings showed
             mixed = np.array([not a.is_uniform for a in archs], dtype=bool)
-            for metric, factor in scale.items():
-                out.loc[mixed, [metric, f"{metric}_upper"]] *= factor
+            layers = np.array([a.num_layers for a in archs])[mixed]
+            for metric, timed in timings.items():
+                factor = local_scale(np.asarray(timed, float), layers, out.loc[mixed, metric].to_numpy(float))
+                out.loc[mixed, [metric, f"{metric}_upper"]] *= factor[:, None]
             out["e2e_ms"] = workload.e2e_ms(out.prefill_ms, out.decode_ms)
             out["e2e_ms_upper"] = workload.e2e_ms(out.prefill_ms_upper, out.decode_ms_upper)
         return out
@@ -265,22 +268,38 @@ class Predictor:
         return cls(meta["kind"], space, meta["dtype"], surrogates, meta)
 
 
-def _per_layer_scale(predictor: Predictor, frame: pd.DataFrame, first: pd.Series) -> dict[str, float]:
-    """Per metric, the median of measured / composed latency over the profile's timings of
-    per-layer architectures (HETERO_ROLE: refinement's, or a `--plan per-layer` profile's) of
-    this device, parent and workload; {} without any. Composition inherits each uniform
-    variant's error and the session's drift: in one 0.5x search the timed per-layer
-    candidates measured 0.80-0.91 of their composed predictions, and refinement, which
-    trains on uniform timings only, never learned it (benchmarks/results/
-    recovery_equal_steps.md). This carries what they showed into later per-layer predictions."""
+def _per_layer_timings(predictor: Predictor, frame: pd.DataFrame, first: pd.Series) -> dict[str, list]:
+    """Per metric, [layers, composed ms, measured ms] of every per-layer architecture the
+    profile timed (HETERO_ROLE: refinement's, or a `--plan per-layer` profile's) on this
+    device, parent and workload (its median over repeats); {} without any. Composition
+    inherits each uniform variant's error and the session's drift, unequally across mixes:
+    in one 0.5x search L=14 mixes measured 0.86-0.87 of their composed predictions and L=19-20
+    mixes 0.93-0.95 (benchmarks/results/recovery_equal_steps.md). `local_scale` carries what
+    the nearest of them showed into each later per-layer prediction."""
     rows = frame[(frame.role == HETERO_ROLE) & (frame.status == "ok") & ~frame.drift_flag.astype(bool)
                  & (frame.device == first.device) & (frame.model_hash == first.model_hash)
                  & (frame.workload == first.workload)]
     if rows.empty:
         return {}
+    measured = rows.groupby("arch_id", sort=True)[list(METRICS)].median()
+    archs = [Architecture.from_json(j) for j in rows.drop_duplicates("arch_id").set_index("arch_id")
+             .loc[measured.index, "arch_json"]]
     workload = Workload(batch=int(first.batch), prompt=int(first.prompt))  # what prefill and decode depend on
-    composed = predictor.predict([Architecture.from_json(j) for j in rows.arch_json], workload)
-    return {m: float(np.median(rows[m].to_numpy(float) / composed[m].to_numpy(float))) for m in METRICS}
+    composed = predictor.predict(archs, workload)
+    return {m: [[a.num_layers, float(c), float(t)] for a, c, t in zip(archs, composed[m], measured[m])]
+            for m in METRICS}
+
+
+def local_scale(timed: np.ndarray, layers: np.ndarray, composed: np.ndarray) -> np.ndarray:
+    """Per architecture (`layers` deep, `composed` ms), the median measured / composed ratio of
+    the SCALE_NEIGHBOURS `timed` rows ([layers, composed ms, measured ms]) nearest to it: the
+    fewest layers apart first, then the nearest composed latency (in ratio)."""
+    ratio = timed[:, 2] / timed[:, 1]
+    out = np.empty(len(layers))
+    for i, (n, c) in enumerate(zip(layers, composed)):
+        order = np.lexsort((np.abs(np.log(timed[:, 1] / c)), np.abs(timed[:, 0] - n)))
+        out[i] = np.median(ratio[order[:SCALE_NEIGHBOURS]])
+    return out
 
 
 def compose(archs: list[Architecture]) -> tuple[list[Architecture], np.ndarray]:

@@ -245,7 +245,7 @@ def timing_role(arch: Architecture) -> str:
     """The profile role of a refinement timing: "refine" (a training row) for a uniform
     architecture; a per-layer one is recorded as HETERO_ROLE, which the surrogates do not
     train on (their features describe uniform architectures; per-layer ones are composed)
-    but which sets the refitted predictor's `per_layer_scale`."""
+    but which sets the refitted predictor's `per_layer_timings` (`local_scale`)."""
     return "refine" if arch.is_uniform else HETERO_ROLE
 
 

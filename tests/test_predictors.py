@@ -151,29 +151,31 @@ def test_repeatability_is_each_timing_against_the_median_of_its_repeats():
     assert "| decode_ms | 30%-60% | 5 | 80.0% | 5.00% | 33.3% (3) |" in table and "no repeats" in table
 
 
-def test_timings_of_per_layer_architectures_rescale_every_later_per_layer_prediction_and_no_uniform_one(fitted):
+def test_timings_of_per_layer_architectures_rescale_later_per_layer_predictions_by_the_nearest_in_depth(fitted):
     import numpy as np
 
     from latprune.profiling.dataset import HETERO_ROLE
 
     space, rng = smol_like_space(), np.random.default_rng(5)
-    mixed = [Architecture.per_layer(range(n), [9] * (n - 1) + [3], [3] * (n - 1) + [1],
-                                    rng.choice(space.mlp_choices, n).tolist(), 576) for n in (12, 18, 24, 28)]
+
+    def mix(n: int) -> Architecture:
+        return Architecture.per_layer(range(n), [9] * (n - 1) + [3], [3] * (n - 1) + [1],
+                                      rng.choice(space.mlp_choices, n).tolist(), 576)
+
     frame = synthetic_profile(60, seed=1)
-    composed = fitted.predict(mixed)
-    hetero = synthetic_profile(0, seed=1, archs=mixed).assign(  # the device runs them 20% under composition
-        role=HETERO_ROLE, arch_json=[a.to_json() for a in mixed], decode_ms=0.8 * composed.decode_ms.to_numpy(),
-        prefill_ms=composed.prefill_ms.to_numpy())
-    plain, timed = Predictor.fit(frame), Predictor.fit(pd.concat([frame, hetero], ignore_index=True))
-    assert plain.meta["per_layer_scale"] == {}
-    assert timed.meta["per_layer_scale"]["decode_ms"] == pytest.approx(0.8 * np.median(
-        composed.decode_ms / plain.predict(mixed).decode_ms), rel=1e-9)
-    others = [Architecture.per_layer(range(20), [6] * 19 + [9], [2] * 19 + [3], [1024] * 20, 512)]
+    plain = Predictor.fit(frame)
+    shallow, deep = [mix(n) for n in (12, 13, 14)], [mix(n) for n in (24, 25, 26)]
+    composed = plain.predict(shallow + deep)
+    ratio = np.array([0.8] * 3 + [0.95] * 3)  # the device runs shallow mixes 20% under composition, deep ones 5%
+    hetero = synthetic_profile(0, seed=1, archs=shallow + deep).assign(
+        role=HETERO_ROLE, arch_json=[a.to_json() for a in shallow + deep],
+        decode_ms=ratio * composed.decode_ms.to_numpy(), prefill_ms=composed.prefill_ms.to_numpy())
+    timed = Predictor.fit(pd.concat([frame, hetero], ignore_index=True))
+    assert plain.meta["per_layer_timings"] == {} and len(timed.meta["per_layer_timings"]["decode_ms"]) == 6
+    later = [mix(13), mix(25)]  # never timed: each takes the ratio of the timed mixes nearest in depth
+    for col, expected in (("decode_ms", [0.8, 0.95]), ("decode_ms_upper", [0.8, 0.95]), ("prefill_ms", [1, 1])):
+        np.testing.assert_allclose(timed.predict(later)[col] / plain.predict(later)[col], expected, rtol=1e-9)
     uniform = profile_plan(space, 6, seed=2)
-    scale = timed.meta["per_layer_scale"]
-    for col in ("decode_ms", "decode_ms_upper", "prefill_ms"):
-        factor = scale[col.removesuffix("_upper")]
-        np.testing.assert_allclose(timed.predict(others)[col], factor * plain.predict(others)[col], rtol=1e-9)
     pd.testing.assert_frame_equal(timed.predict(uniform), plain.predict(uniform))  # uniform ones: untouched
 
 
