@@ -64,3 +64,30 @@ def first_rows(frame, n: int):
 
     samples, _ = usable_rows(frame)
     return pd.concat([samples.iloc[:n], frame[frame.role == "reference"]], ignore_index=True)
+
+
+def scoring_windows(ranked) -> dict:
+    """The windows recovery benchmarks use: train (calibration part), calib (the search's
+    windows), held (held-out) and second (the second text)."""
+    from latprune.compress.ranked import WINDOW
+    from latprune.search.evaluate import SEARCH_WINDOWS
+    from latprune.text import calibration_windows, heldout_windows, second_windows
+
+    tok, text = ranked.tokenizer, ranked.text
+    return {"train": calibration_windows(tok, text, WINDOW, max_windows=None),
+            "calib": calibration_windows(tok, text, WINDOW, SEARCH_WINDOWS),
+            "held": heldout_windows(tok, text, WINDOW), "second": second_windows(tok, WINDOW)}
+
+
+def recovered_quality(ranked, arch, windows: dict, steps: int) -> dict:
+    """`arch` extracted and distilled `steps` steps (defaults, seed 0), scored on held-out
+    windows and the second text, with the seconds the distillation took."""
+    import time
+
+    from latprune.compress.distill import DistillConfig, distill
+    from latprune.compress.quality import quality_report
+
+    t0 = time.perf_counter()
+    long = distill(ranked.extract(arch), ranked.model, windows["train"], DistillConfig(steps=steps), progress=False)
+    return {"steps": steps, "seconds": round(time.perf_counter() - t0, 1),
+            **quality_report(long, ranked.model, windows["held"], windows["second"])}

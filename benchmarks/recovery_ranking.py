@@ -18,14 +18,12 @@ import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports to
 
 import argparse
 import json
-import time
 
-from latprune.compress.distill import DistillConfig, distill
+from latprune.compress.distill import distill
 from latprune.compress.quality import perplexity, quality_report
-from latprune.compress.ranked import WINDOW, rank_model
+from latprune.compress.ranked import rank_model
 from latprune.search.evaluate import SEARCH_WINDOWS
 from latprune.search.recovery import short_distillation
-from latprune.text import calibration_windows, heldout_windows, second_windows
 
 ARCHS = {  # name -> (layers, kv_groups, q_per_kv, mlp, hidden)
     "run winner (MLP-pruned)": (21, 3, 3, 640, 576),
@@ -47,10 +45,7 @@ def score(ranked, values: tuple, windows: dict, steps: int) -> dict:
     short = short_distillation(SHORT_STEPS)  # the search's own ranking configuration
     row["short"] = perplexity(distill(ranked.extract(arch), ranked.model, windows["train"], short, progress=False),
                               windows["calib"])
-    t0 = time.perf_counter()
-    long = distill(ranked.extract(arch), ranked.model, windows["train"], DistillConfig(steps=steps), progress=False)
-    row["long"] = {"steps": steps, "seconds": round(time.perf_counter() - t0, 1),
-                   **quality_report(long, ranked.model, windows["held"], windows["second"])}
+    row["long"] = _common.recovered_quality(ranked, arch, windows, steps)
     return row
 
 
@@ -61,10 +56,7 @@ def main() -> None:
     if args.steps < 1:
         ap.error("--steps must be at least 1")
     ranked = rank_model("default", progress=False)
-    tok, text = ranked.tokenizer, ranked.text
-    windows = {"train": calibration_windows(tok, text, WINDOW, max_windows=None),
-               "calib": calibration_windows(tok, text, WINDOW, SEARCH_WINDOWS),
-               "held": heldout_windows(tok, text, WINDOW), "second": second_windows(tok, WINDOW)}
+    windows = _common.scoring_windows(ranked)
     parent = quality_report(ranked.model, ranked.model, windows["held"], windows["second"])
     rows = {}
     for name, values in ARCHS.items():

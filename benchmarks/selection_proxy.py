@@ -27,13 +27,12 @@ import _common  # first: sets OMP_WAIT_POLICY=PASSIVE before anything imports to
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
 from latprune.architecture import Architecture
-from latprune.compress.distill import DistillConfig, distill
+from latprune.compress.distill import distill
 from latprune.compress.quality import perplexity, quality_report
 from latprune.compress.ranked import WINDOW, rank_model
 from latprune.predictors.predictor import Predictor
@@ -42,7 +41,7 @@ from latprune.search.per_layer import EXTRA_LAYERS, fill, taper
 from latprune.search.recovery import short_distillation
 from latprune.search.refine import BAND
 from latprune.search.strategies import depth_family
-from latprune.text import calibration_windows, heldout_windows, second_windows
+from latprune.text import calibration_windows
 
 METRIC = "decode_ms"
 
@@ -76,10 +75,7 @@ def score(ranked, arch: Architecture, windows: dict, short: list[int], steps: in
     for n in short:
         child = distill(ranked.extract(arch), ranked.model, windows["train"], short_distillation(n), progress=False)
         row["short"][str(n)] = perplexity(child, windows["calib"])  # str: as JSON keys come back
-    t0 = time.perf_counter()
-    long = distill(ranked.extract(arch), ranked.model, windows["train"], DistillConfig(steps=steps), progress=False)
-    row["long"] = {"steps": steps, "seconds": round(time.perf_counter() - t0, 1),
-                   **quality_report(long, ranked.model, windows["held"], windows["second"])}
+    row["long"] = _common.recovered_quality(ranked, arch, windows, steps)
     return row
 
 
@@ -98,10 +94,7 @@ def main() -> None:
         ap.error(f"no predictor in {args.predictor}: fit one with `latprune fit PROFILE --out {args.predictor}`")
     ranked = rank_model("default", progress=False)
     limit, cands = candidates(ranked, Predictor.load(args.predictor), args.fraction)
-    tok, text = ranked.tokenizer, ranked.text
-    windows = {"train": calibration_windows(tok, text, WINDOW, max_windows=None),
-               "calib": calibration_windows(tok, text, WINDOW, SEARCH_WINDOWS),
-               "held": heldout_windows(tok, text, WINDOW), "second": second_windows(tok, WINDOW)}
+    windows = _common.scoring_windows(ranked)
     saved = Path(args.rows)
     rows = json.loads(saved.read_text()) if saved.is_file() else {}
     for name, arch in cands:
