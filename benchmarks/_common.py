@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark scripts: environment, Markdown writing, host description."""
+"""Shared helpers for benchmark scripts: environment, Markdown writing, host description,
+scoring windows and a scored recovery."""
 
 from __future__ import annotations
 
