@@ -34,25 +34,25 @@ from scipy.stats import spearmanr
 from latprune.architecture import Architecture
 from latprune.compress.distill import distill
 from latprune.compress.quality import perplexity, quality_report
-from latprune.compress.ranked import WINDOW, rank_model
+from latprune.compress.ranked import rank_model
+from latprune.files import atomic_file
 from latprune.predictors.predictor import Predictor
 from latprune.search.evaluate import SEARCH_WINDOWS, Evaluator
 from latprune.search.per_layer import EXTRA_LAYERS, fill, taper
 from latprune.search.recovery import short_distillation
 from latprune.search.refine import BAND
-from latprune.search.strategies import depth_family
-from latprune.text import calibration_windows
+from latprune.search.strategies import depth_family, layer_dropping
 
 METRIC = "decode_ms"
 
 
-def candidates(ranked, predictor: Predictor, fraction: float) -> tuple[float, list[tuple[str, Architecture]]]:
-    """The limit (ms) and the named candidates in the budget band."""
+def candidates(ranked, predictor: Predictor, fraction: float, calib) -> tuple[float, list[tuple[str, Architecture]]]:
+    """The limit (ms) and the named candidates in the budget band (`calib`: the search's
+    calibration windows)."""
     workload = predictor.default_workload()
     limit = fraction * predictor.baseline(workload)[METRIC]
-    calib = calibration_windows(ranked.tokenizer, ranked.text, WINDOW, SEARCH_WINDOWS)
     ev = Evaluator(ranked, predictor, calib, workload, METRIC, limit, bound="median")
-    deepest = max((a for a in _layer_dropped(ranked) if ev.feasible(a)), key=lambda a: a.num_layers)
+    deepest = layer_dropping(ev)[0]  # not a band round (floor 0): the deepest depth that fits, all widths kept
     family = [a for a in depth_family(ev, BAND[0] * limit, BAND[1] * limit)
               if deepest.num_layers < a.num_layers <= deepest.num_layers + EXTRA_LAYERS[-1]]
     out = [(f"layer dropping, L={deepest.num_layers}", deepest)]
@@ -60,13 +60,6 @@ def candidates(ranked, predictor: Predictor, fraction: float) -> tuple[float, li
     grown = [("fill", fill(ev, deepest)), *((f"taper +{k}", taper(ev, deepest, k)) for k in EXTRA_LAYERS)]
     out += [(f"{name} of L={deepest.num_layers}", a) for name, a in grown if a is not None]
     return limit, out
-
-
-def _layer_dropped(ranked) -> list[Architecture]:
-    """Every depth with all widths kept."""
-    space, order = ranked.space, ranked.ranking.layer_order
-    full = {k: v[-1] for k, v in space.choices().items()}
-    return [space.from_values({**full, "layers": n}, order) for n in space.choices()["layers"]]
 
 
 def score(ranked, arch: Architecture, windows: dict, short: list[int], steps: int) -> dict:
@@ -93,19 +86,27 @@ def main() -> None:
     if not Path(args.predictor, "metadata.json").is_file():
         ap.error(f"no predictor in {args.predictor}: fit one with `latprune fit PROFILE --out {args.predictor}`")
     ranked = rank_model("default", progress=False)
-    limit, cands = candidates(ranked, Predictor.load(args.predictor), args.fraction)
     windows = _common.scoring_windows(ranked)
+    limit, cands = candidates(ranked, Predictor.load(args.predictor), args.fraction, windows["calib"])
     saved = Path(args.rows)
     rows = json.loads(saved.read_text()) if saved.is_file() else {}
     for name, arch in cands:
         print(name, arch.describe(), flush=True)
     for name, arch in cands:
-        if name not in rows or rows[name]["arch_id"] != arch.id:
+        if not _reusable(rows.get(name), arch, short, args.steps):
             rows[name] = score(ranked, arch, windows, short, args.steps)
-            saved.write_text(json.dumps(rows, indent=1))
+            with atomic_file(saved) as tmp:
+                Path(tmp).write_text(json.dumps(rows, indent=1))
             print(name, json.dumps(rows[name]), flush=True)
+    rows = {name: rows[name] for name, _ in cands}  # this run's candidates only
     parent = quality_report(ranked.model, ranked.model, windows["held"], windows["second"])
     write(rows, parent, args, limit, short)
+
+
+def _reusable(row: dict | None, arch: Architecture, short: list[int], steps: int) -> bool:
+    """Whether a saved row scored `arch` with these short lengths and recovery steps."""
+    return (row is not None and row["arch_id"] == arch.id and row["long"]["steps"] == steps
+            and all(str(n) in row["short"] for n in short))
 
 
 def write(rows: dict, parent: dict, args, limit: float, short: list[int]) -> None:
