@@ -25,6 +25,7 @@ from .strategies import ask_and_tell
 
 DROPPED = 0  # an MLP width of 0 in the parametrization: the layer is dropped
 FILLED = "per-layer fill"  # the strategy column of the filled seed (`fill`), evaluated first
+TAPERED = "per-layer taper"  # the strategy column of the tapers (`taper`), evaluated next
 EXTRA_LAYERS = (1, 2, 3)  # tapers keep this many more layers than the seed
 
 
@@ -140,11 +141,10 @@ def _with_layer(arch: Architecture, i: int, heads: int, kv: int, mlp: int) -> Ar
 def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, seed: int, optimizer: str,
                   progress=None) -> None:
     """Evaluate up to `evaluations` feasible per-layer architectures (results in
-    `ev.records`): the first seed filled (strategy FILLED), the seeds and tapers of the first
-    one, then nevergrad's mutations."""
+    `ev.records`): the first seed filled (strategy FILLED) and tapered (TAPERED), then the
+    seeds and nevergrad's mutations of them all."""
     import nevergrad as ng
 
-    ev.strategy = "per-layer"
     check_per_layer(ev.ranked.space)
     lw = LayerwiseSpace(ev.ranked.space, seeds[0].hidden)
     param = lw.parametrization()
@@ -156,14 +156,13 @@ def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, se
 
     param.register_cheap_constraint(feasible)
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
-    filled = fill(ev, seeds[0])
-    if filled is not None:  # under its own name, so that the recovery-aware shortlist can take it
-        ev.strategy = FILLED
-        ev.quality(filled)
-        ev.strategy = "per-layer"
-    grown = [filled, *(taper(ev, seeds[0], extra) for extra in EXTRA_LAYERS)]
-    starts = [*seeds, *(a for a in grown if a is not None)]
-    for start in starts:
+    grown = [(FILLED, fill(ev, seeds[0])), *((TAPERED, taper(ev, seeds[0], extra)) for extra in EXTRA_LAYERS)]
+    for name, arch in grown:  # under their own names, so that the recovery-aware shortlist can take them
+        if arch is not None and len(ev.records) < evaluations:
+            ev.strategy = name
+            ev.quality(arch)
+    ev.strategy = "per-layer"
+    for start in [*seeds, *(a for _, a in grown if a is not None)]:
         if start.hidden == lw.hidden and ev.feasible(start):
             opt.suggest(lw.values(start))
     ask_and_tell(ev, opt, evaluations, lw.arch, progress)

@@ -28,7 +28,8 @@ from latprune.compress.ranked import WINDOW
 from latprune.text import calibration_windows
 
 from .evaluate import SEARCH_WINDOWS, Evaluator
-from .per_layer import FILLED
+from .options import SearchOptions
+from .per_layer import EXTRA_LAYERS, TAPERED
 from .refine import BAND, by_rank
 from .strategies import depth_family
 
@@ -42,15 +43,13 @@ def recovery_aware(opts) -> bool:
 
 
 def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tuple[pd.DataFrame, list[Architecture]]:
-    """The candidates worth a short distillation, `2 x opts.finalists` in all: the search's
-    best zero-shot candidate in the budget band, with `--space per-layer` the best per-layer,
-    the filled seed (`per_layer.fill`) and the best uniform one too, then members of the
-    `depth_family` in that band at depths evenly spread from the shallowest to the family's
-    best zero-shot one (for the `nas` strategy; the baselines keep to their own families).
-    A space with no candidate in the band contributes its best one up to the limit (at 0.7x
-    the layer-dropped L=19 was predicted at 99.5% and the shortlist held only per-layer mixes).
-    The band: predicted median in BAND x the limit (with no refinement: upper bound from
-    BAND[0] x the limit up to it). Returns the candidates with the family's members evaluated
+    """The candidates worth a short distillation: the search's best zero-shot candidate in the
+    budget band; with `--space per-layer` the tapers and the best of each space too
+    (`_per_layer_picks`); with the `nas` strategy members of the `depth_family` in that band
+    at depths evenly spread from the shallowest to the family's best zero-shot one, up to
+    `2 x opts.finalists` in all (the baselines keep to their own families). The band:
+    predicted median in BAND x the limit (with no refinement: upper bound from BAND[0] x the
+    limit up to it). Returns the candidates with the family's members evaluated
     (zero-shot) added, and the shortlist."""
     opts = prep.opts
     column = f"pred_{opts.metric}" + ("" if opts.device_measurements else "_upper")
@@ -58,12 +57,8 @@ def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tup
     cands, family = _with_depth_family(prep, cands, low, high, progress) if opts.strategy == "nas" else (cands, [])
     band = cands[cands[column].between(low, high)].sort_values("perplexity", kind="stable")
     picked = [Architecture.from_json(j) for j in band.arch_json.head(1)]
-    if opts.space == "per-layer":  # the best of each space and the filled seed, so that recovery decides
-        near = cands[cands[column].between(low, opts.limit_ms)].sort_values("perplexity", kind="stable")
-        for strategy in ("per-layer", FILLED, opts.strategy):
-            pool = band if (band.strategy == strategy).any() else near  # none in the band: its best up to the limit
-            best = pool[(pool.strategy == strategy) & ~pool.arch_id.isin([a.id for a in picked])].arch_json.head(1)
-            picked += [Architecture.from_json(j) for j in best][: 2 * opts.finalists - len(picked)]
+    if opts.space == "per-layer":
+        picked += _per_layer_picks(cands, band, column, opts, {a.id for a in picked})
     if family:
         ppl = dict(zip(cands.arch_id, cands.perplexity))
         best = min(range(len(family)), key=lambda i: ppl[family[i].id])
@@ -71,6 +66,26 @@ def shortlist(cands: pd.DataFrame, prep: Prepared, progress: bool = True) -> tup
             if family[i].id not in {a.id for a in picked} and len(picked) < 2 * opts.finalists:
                 picked.append(family[i])
     return cands, picked
+
+
+def _per_layer_picks(cands: pd.DataFrame, band: pd.DataFrame, column: str, opts: SearchOptions,
+                     picked: set[str]) -> list[Architecture]:
+    """With `--space per-layer`, besides the best in the band (ids `picked`): every taper
+    (`per_layer.taper`, predicted from BAND[0] x the limit up to it; +2 layers recovered best
+    of all candidates at 0.5x and 0.7x, selection_proxy_*.md), the best per-layer mix and the
+    best of the uniform strategy, these two only when the band's best is not of their kind,
+    each from the band or, with none of its kind there, up to the limit (at 0.7x the
+    layer-dropped L=19 was predicted at 99.5%). The filled seed is left to the search: it
+    recovered like taper +1 (33.46 vs 33.45 held-out at 0.5x)."""
+    near = cands[cands[column].between(BAND[0] * opts.limit_ms, opts.limit_ms)]
+    near = near.sort_values("perplexity", kind="stable")
+    out = []
+    for strategy, count in (("per-layer", 1), (TAPERED, len(EXTRA_LAYERS)), (opts.strategy, 1)):
+        pool = band if strategy != TAPERED and (band.strategy == strategy).any() else near
+        if strategy == TAPERED or strategy not in set(band.strategy.head(1)):
+            best = pool[(pool.strategy == strategy) & ~pool.arch_id.isin(picked)].arch_json.head(count)
+            out += [Architecture.from_json(j) for j in best]
+    return out
 
 
 def _with_depth_family(prep: Prepared, cands: pd.DataFrame, low: float, high: float,

@@ -2,7 +2,8 @@
 
 The search rounds leave a pool of evaluated candidates. Those whose predicted median lies in
 `BAND` of the limit (the budget less the user's margin) are the ones worth a measurement:
-their predicted interval straddles the budget, and they would spend it. The best of them
+their predicted interval straddles the budget, and they would spend it (one given a short
+distillation counts up to the limit: the distillation ranked it). The best of them
 (`by_rank`: perplexity after a short distillation, then zero-shot) is timed on the device,
 paired with the parent; the row joins the profile, the predictor is refitted on it, and the
 next candidate is chosen with the refitted predictor. When no candidate is left in the band,
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -87,13 +89,16 @@ def by_rank(cands: pd.DataFrame) -> pd.DataFrame:
 def next_candidate(pool: pd.DataFrame, predictor: Predictor, workload: Workload, opts: SearchOptions,
                    done: set[str]) -> Architecture | None:
     """The best (`by_rank`) unmeasured candidate of `pool` whose predicted median lies in
-    BAND x the limit, or None."""
+    BAND x the limit, or, for one given a short distillation (`recovered_perplexity`), from
+    BAND[0] x the limit up to it (its distillation ranked it; the device tells whether it
+    fits), or None."""
     rest = pool[~pool.arch_id.isin(done)]
     if rest.empty:
         return None
     archs = [Architecture.from_json(j) for j in rest.arch_json]
     median = predictor.predict(archs, workload)[opts.metric].to_numpy()
-    inside = (median >= BAND[0] * opts.limit_ms) & (median <= BAND[1] * opts.limit_ms)
+    tried = rest.get("recovered_perplexity", pd.Series(np.nan, index=rest.index)).notna().to_numpy()
+    inside = (median >= BAND[0] * opts.limit_ms) & (median <= np.where(tried, 1.0, BAND[1]) * opts.limit_ms)
     picked = by_rank(rest[inside])
     return None if picked.empty else Architecture.from_json(picked.arch_json.iloc[0])
 

@@ -4,8 +4,8 @@ import pytest
 
 from latprune import Architecture, LatpruneError, SearchSpace
 from latprune.search.evaluate import Evaluator
-from latprune.search.options import SearchOptions
-from latprune.search.per_layer import FILLED, LayerwiseSpace, check_per_layer, fill, taper
+from latprune.search.options import DEFAULT_OPTIMIZER, SearchOptions
+from latprune.search.per_layer import FILLED, TAPERED, LayerwiseSpace, check_per_layer, fill, run_per_layer, taper
 from latprune.search.workflow import find_candidates
 from latprune.workload import Workload
 
@@ -51,6 +51,9 @@ def test_taper_adds_the_most_important_layers_and_narrows_only_the_least_importa
     assert widths[order[0]] == ranked.space.parent["mlp"]  # the most important layer keeps its width...
     assert min(widths.values()) < ranked.space.parent["mlp"]  # ...a less important one is narrowed to fit
     assert taper(ev, seed, extra=len(order)) is None  # more layers than the parent has
+    searched = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", bounds.mean())
+    run_per_layer(searched, [seed], evaluations=6, seed=0, optimizer=DEFAULT_OPTIMIZER)
+    assert searched.records[tapered.id]["strategy"] == TAPERED  # under its own name, for the shortlist
 
 
 def test_fill_keeps_every_seed_layer_whole_and_adds_the_next_most_important_as_the_largest_block_that_fits(setup):
@@ -88,7 +91,7 @@ def test_per_layer_round_stays_in_budget_and_never_loses_to_its_seeds(setup):
     seeds = [Architecture.from_json(j) for j in uniform.frame().sort_values("perplexity").arch_json.head(2)]
     per = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, seeds=seeds,
                           perplexities=uniform.perplexities).frame()
-    assert per.strategy.isin(["per-layer", FILLED]).all() and len(per) == opts.evaluations
+    assert per.strategy.isin(["per-layer", FILLED, TAPERED]).all() and len(per) == opts.evaluations
     archs = [Architecture.from_json(j) for j in per.arch_json]
     composed = predictor.predict(archs).decode_ms_upper.to_numpy()
     assert (composed <= opts.limit_ms + 1e-9).all()

@@ -294,6 +294,23 @@ def test_with_no_candidate_in_the_band_refinement_still_times_the_one_nearest_th
     assert bands == [BAND, pytest.approx((0.0, REACH))]
 
 
+def test_a_candidate_given_a_short_distillation_is_timed_up_to_the_limit_an_untried_one_only_in_the_band():
+    from latprune.search.refine import BAND, next_candidate
+
+    space = smol_like_space()
+    law = ScaledLaw(space)
+    shallow, nearest = _depths(space, 10, 16)
+    opts = SearchOptions(law.ms(nearest) / 0.995)  # predicted over BAND, under the limit
+    assert BAND[1] * opts.limit_ms < law.ms(nearest) < opts.limit_ms
+    pool = _frame(space, [shallow, nearest])
+    assert next_candidate(pool, law, Workload(), opts, set()) is None
+    tried = pool.assign(recovered_perplexity=[float("nan"), 30.0])
+    assert next_candidate(tried, law, Workload(), opts, set()) == nearest
+    assert next_candidate(tried, law, Workload(), opts, {nearest.id}) is None
+    over = SearchOptions(law.ms(nearest) / 1.001)  # over the limit: not even a tried one
+    assert next_candidate(tried, law, Workload(), over, set()) is None
+
+
 def test_no_device_measurements_means_no_refinement():
     space = smol_like_space()
     result, _, timed = _refine_against(space, 1.0, 1.0, device_measurements=0)
@@ -424,27 +441,32 @@ def test_candidates_of_other_depths_get_the_short_distillation_before_the_device
         (first, tried.models[first.id][1])  # a single finalist: its distilled model, no further steps
 
 
-def test_the_per_layer_shortlist_takes_the_best_per_layer_one_the_filled_seed_and_the_best_uniform_one(setup):
+def test_the_per_layer_shortlist_takes_every_taper_and_the_best_of_each_space(setup):
     import numpy as np
     import pandas as pd
 
-    from latprune.search.per_layer import FILLED
+    from latprune.search.per_layer import FILLED, TAPERED
     from latprune.search.recovery import shortlist
     from latprune.search.workflow import Prepared
 
     ranked, predictor, _ = setup
     rng = np.random.default_rng(0)
-    archs = list({a.id: a for a in (ranked.space.sample(rng) for _ in range(50))}.values())[:6]
+    archs = list({a.id: a for a in (ranked.space.sample(rng) for _ in range(50))}.values())[:9]
     opts = SearchOptions(10.0, strategy="layers", space="per-layer", finalists=2)
     cands = pd.DataFrame({"arch_id": [a.id for a in archs], "arch_json": [a.to_json() for a in archs],
-                          "strategy": ["per-layer", "per-layer", "layers", FILLED, "layers", "per-layer"],
-                          "perplexity": [10.0, 11.0, 12.0, 30.0, 13.0, 9.0],
-                          "pred_decode_ms": [9.7, 9.7, 9.7, 9.7, 9.7, 9.0]})  # the last lies under the band
-    _, picked = shortlist(cands, Prepared(None, predictor, Workload(), ranked, opts), progress=False)
-    assert [a.id for a in picked] == [archs[i].id for i in (0, 1, 3, 2)]  # best; next per-layer; filled; uniform
-    above = cands.assign(pred_decode_ms=[9.7, 9.7, 9.95, 9.7, 9.95, 9.0])  # no uniform one in the band...
-    _, picked = shortlist(above, Prepared(None, predictor, Workload(), ranked, opts), progress=False)
-    assert [a.id for a in picked] == [archs[i].id for i in (0, 1, 3, 2)]  # ...its best up to the limit still goes
+                          "strategy": ["per-layer", "per-layer", "layers", FILLED, "layers", "per-layer",
+                                       TAPERED, TAPERED, TAPERED],
+                          "perplexity": [10.0, 11.0, 12.0, 8.0, 13.0, 9.0, 14.0, 15.0, 16.0],
+                          "pred_decode_ms": [9.7, 9.7, 9.7, 9.95, 9.7, 9.0, 9.97, 9.3, 9.8]})
+    prep = Prepared(None, predictor, Workload(), ranked, opts)  # band: 9.5-9.9 ms
+    _, picked = shortlist(cands, prep, progress=False)
+    assert [a.id for a in picked] == [archs[i].id for i in (0, 6, 8, 2)]  # best; tapers up to the limit; uniform
+    above = cands.assign(pred_decode_ms=[9.7, 9.7, 9.95, 9.7, 9.95, 9.0, 9.97, 9.3, 9.8])  # no uniform in the band...
+    _, picked = shortlist(above, prep, progress=False)
+    assert [a.id for a in picked] == [archs[i].id for i in (3, 0, 6, 8, 2)]  # ...its best up to the limit still goes
+    uniform_first = cands.assign(perplexity=[10.0, 11.0, 5.0, 8.0, 13.0, 9.0, 14.0, 15.0, 16.0])
+    _, picked = shortlist(uniform_first, prep, progress=False)
+    assert [a.id for a in picked] == [archs[i].id for i in (2, 0, 6, 8)]  # the best per-layer mix joins
 
 
 def test_a_per_layer_band_round_starts_from_the_best_uniform_candidates_predicted_at_or_under_the_band(setup):
