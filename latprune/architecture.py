@@ -97,6 +97,15 @@ class Architecture:
         """True when every kept layer has the same widths (any subset of parent layers)."""
         return len({*zip(self.heads, self.kv_groups, self.mlp)}) <= 1
 
+    def covers(self, other: Architecture) -> bool:
+        """Whether `self` keeps every layer `other` keeps, each at least as wide (query heads,
+        KV groups, MLP), at a hidden size at least as large: cut from one ranked parent, the
+        smaller one's weights are a subset of the larger one's."""
+        mine = {i: (h, kv, m) for i, h, kv, m in zip(self.layers, self.heads, self.kv_groups, self.mlp)}
+        return self.hidden >= other.hidden and all(
+            i in mine and all(a >= b for a, b in zip(mine[i], (h, kv, m)))
+            for i, h, kv, m in zip(other.layers, other.heads, other.kv_groups, other.mlp))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,

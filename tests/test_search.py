@@ -348,6 +348,31 @@ def test_refined_finalists_come_first_and_nothing_over_budget_wins(setup):
         passing_finalists(prep, verified, 1)
 
 
+def test_a_finalist_never_goes_before_a_measured_candidate_that_covers_it(setup):
+    import pandas as pd
+
+    from latprune.profiling.devices import get_device
+    from latprune.search.refine import Refinement
+    from latprune.search.workflow import Prepared, pick_finalists
+
+    ranked, _, _ = setup
+    deep, middle, shallow = (Architecture.uniform(n, 4, 2, 64, 64) for n in (3, 2, 1))
+    cands = pd.DataFrame({"arch_id": [a.id for a in (deep, middle, shallow)],
+                          "arch_json": [a.to_json() for a in (deep, middle, shallow)],
+                          "perplexity": [5.0, 6.0, 9.0], "recovered_perplexity": [float("nan"), float("nan"), 4.0],
+                          "bound": ["median"] * 3})
+    prep = Prepared(get_device("cpu"), None, Workload(), ranked, SearchOptions(10.0, finalists=2))
+    refinement = Refinement({deep.id: 9.7, shallow.id: 9.0, middle.id: 9.4})  # only the deep one landed
+    finalists, preferred = pick_finalists(prep, cands, refinement)
+    assert [a.id for a in finalists] == [deep.id, middle.id, shallow.id] and preferred == 2  # shallow: a fallback
+    refinement.measured[deep.id] = 10.5  # over: the two under it, the one that covers the other first
+    assert [a.id for a in pick_finalists(prep, cands, refinement)[0][:2]] == [middle.id, shallow.id]
+    assert middle.covers(shallow) and not shallow.covers(middle) and deep.covers(deep)
+    narrower = Architecture.per_layer([0, 1], [4, 4], [2, 2], [64, 32], 64)
+    assert middle.covers(narrower) and not narrower.covers(middle)
+    assert not Architecture.per_layer([0, 2], [4, 4], [2, 2], [64, 64], 64).covers(middle)  # another layer
+
+
 def test_recovery_aware_choice_takes_the_best_after_equal_short_distillation(setup, monkeypatch):
     import latprune.compress.distill as distill_module
     import latprune.search.recovery as recovery
