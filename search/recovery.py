@@ -79,13 +79,15 @@ def _per_layer_picks(cands: pd.DataFrame, band: pd.DataFrame, column: str, opts:
     recovered like taper +1 (33.46 vs 33.45 held-out at 0.5x)."""
     near = cands[cands[column].between(BAND[0] * opts.limit_ms, opts.limit_ms)]
     near = near.sort_values("perplexity", kind="stable")
-    out = []
-    for strategy, count in (("per-layer", 1), (TAPERED, len(EXTRA_LAYERS)), (opts.strategy, 1)):
-        pool = band if strategy != TAPERED and (band.strategy == strategy).any() else near
-        if strategy == TAPERED or strategy not in set(band.strategy.head(1)):
-            best = pool[(pool.strategy == strategy) & ~pool.arch_id.isin(picked)].arch_json.head(count)
-            out += [Architecture.from_json(j) for j in best]
-    return out
+
+    def best_of(strategy: str) -> list[Architecture]:
+        if strategy in set(band.strategy.head(1)):
+            return []
+        pool = band if (band.strategy == strategy).any() else near
+        return [Architecture.from_json(j) for j in pool[pool.strategy == strategy].arch_json.head(1)]
+
+    tapers = near[(near.strategy == TAPERED) & ~near.arch_id.isin(picked)].arch_json.head(len(EXTRA_LAYERS))
+    return [*best_of("per-layer"), *(Architecture.from_json(j) for j in tapers), *best_of(opts.strategy)]
 
 
 def _with_depth_family(prep: Prepared, cands: pd.DataFrame, low: float, high: float,
