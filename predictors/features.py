@@ -53,3 +53,10 @@ def roofline_terms(f: pd.DataFrame, metric: str) -> np.ndarray:
     else:
         terms = [f.weight_bytes + f.kv_bytes, f.token_flops * f.batch + f.decode_attn_flops, f.layers]
     return np.column_stack([*(np.asarray(t, dtype=np.float64) for t in terms), np.ones(len(f))])
+
+
+def context_term(f: pd.DataFrame, metric: str) -> np.ndarray:
+    """The context's own cost, which a runtime pays at another rate than the weights' and
+    which grows with the prompt while theirs does not: for prefill the attention FLOPs over
+    the prompt (compute-bound), for a decode step the KV-cache bytes it reads (memory-bound)."""
+    return np.asarray(f.prefill_attn_flops if metric == "prefill_ms" else f.kv_bytes, dtype=np.float64)

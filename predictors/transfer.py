@@ -2,15 +2,18 @@
 the predictors of devices already profiled (`latprune fit NEW.parquet --transfer-from SRC`).
 
 Per metric: t(a) = sum_k c_k s_k(a) + sum_j d_j r_j(a) + e, where s_k(a) is source k's
-predicted median for architecture a at the target's workload and r(a) the target's
-roofline terms (weight + KV bytes, FLOPs, layers; each scaled to the sources' mean), fitted
-for relative error. Additive, because a device differs from another mostly in how fast it
-moves bytes, does FLOPs and pays per-layer overheads, so the target is a source rescaled
-plus a share of each term. A ridge prior pulls the fit toward the pure rescale
-(c_k = k / K, where k is the median target/source ratio; d = e = 0): with a handful of rows
-the target is a rescaled source, with more the correction grows. The prior's strength is
-chosen by leave-one-out error over a grid, every (strength, left-out row) system solved at
-once with `jax.vmap`. The upper bound is the median x (1 + the split-conformal 90% quantile
+predicted median for architecture a, asked inside the workload range it was fitted on (its
+trees cannot extrapolate to a longer prompt, and derived features beyond that range read as
+another architecture), and r(a) the target's own terms: the roofline's (weight + KV bytes,
+FLOPs, layers) and the context's (prefill: attention FLOPs over the prompt; decode: the
+KV-cache bytes a step reads), each scaled to the sources' mean, fitted for relative error.
+Additive, because a device or workload differs from another mostly in how fast it moves
+bytes, does FLOPs, pays per-layer overheads and attends over its context, so the target is
+a source rescaled plus a share of each term. A ridge prior pulls the fit toward the pure
+rescale (c_k = k / K, where k is the median target/source ratio; d = e = 0): with a
+handful of rows the target is a rescaled source, with more the correction grows. The
+prior's strength is chosen by leave-one-out error over a grid, every (strength, left-out
+row) system solved at once with `jax.vmap`. The upper bound is the median x (1 + the split-conformal 90% quantile
 of the leave-one-out relative errors), or, below 9 rows (too few for that quantile),
 x (1 + the larger of 1.5 x the largest error and 15%): honest with few rows.
 """
@@ -26,7 +29,7 @@ import pandas as pd
 
 from latprune.errors import LatpruneError
 
-from .features import RAW, features, roofline_terms
+from .features import RAW, context_term, features, roofline_terms
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -36,6 +39,7 @@ LAMBDAS = np.logspace(-3, 3, 13)  # ridge strengths tried by leave-one-out
 COVERAGE = 0.9
 FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
 FEW_ROWS_WIDTH = 0.15  # the least upper-bound widening below 9 rows (too few for a 90% quantile)
+DESIGN = 2  # 2: the context's own term, sources asked inside their workload range
 
 
 def require_jax():
@@ -49,9 +53,16 @@ def require_jax():
 
 def source_medians(sources: list[Predictor], metric: str, cols: pd.DataFrame) -> np.ndarray:
     """[n, K]: each source's predicted median of `metric` for columns (RAW names, the
-    target's batch and prompt), each source's features built with its own dtype."""
-    return np.column_stack([src.surrogates[metric].predict_all(features(src.space, cols[RAW], src.dtype))
+    target's batch and prompt, each clipped to the range that source was fitted on), each
+    source's features built with its own dtype."""
+    return np.column_stack([src.surrogates[metric].predict_all(features(src.space, _within(src, cols[RAW]), src.dtype))
                             for src in sources])
+
+
+def _within(source: Predictor, cols: pd.DataFrame) -> pd.DataFrame:
+    """`cols` with each workload column clipped to `source`'s fitted workload range."""
+    ranges = {k: v for k, v in source.meta["workload_range"].items() if k in cols}
+    return cols.assign(**{k: cols[k].clip(lo, hi) for k, (lo, hi) in ranges.items()})
 
 
 def _loo_ridge(a: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,9 +111,10 @@ class TransferSurrogate:
         self.lam, self.cv_under = float("nan"), 0.0
 
     def _design(self, f: pd.DataFrame) -> np.ndarray:
-        """[sources' medians, roofline terms (bytes, FLOPs, layers) and 1 scaled to them]."""
+        """[sources' medians, roofline terms (bytes, FLOPs, layers), the context's term and 1,
+        the terms scaled to the medians]."""
         s = source_medians(self.sources, self.metric, f)
-        terms = np.column_stack([roofline_terms(f, self.metric)[:, :3], np.ones(len(f))])
+        terms = np.column_stack([roofline_terms(f, self.metric)[:, :3], context_term(f, self.metric), np.ones(len(f))])
         if self.scale is None:
             self.scale = s.mean() / terms.mean(axis=0)
         return np.column_stack([s, terms * self.scale])
@@ -112,7 +124,7 @@ class TransferSurrogate:
         self.scale = None
         x = self._design(f)
         ratio = float(np.median(y / x[:, :k].mean(axis=1)))
-        prior = np.r_[np.full(k, ratio / k), np.zeros(4)]
+        prior = np.r_[np.full(k, ratio / k), np.zeros(x.shape[1] - k)]
         loo, full = _loo_ridge(x / y[:, None], prior)
         best = int(np.argmin(((loo - 1) ** 2).mean(axis=1)))
         self.lam, self.coef = float(LAMBDAS[best]), full[best]
@@ -136,13 +148,17 @@ class TransferSurrogate:
         for src, name in zip(self.sources, self.folders):
             if not (folder / name / PREDICTOR_MARKER).is_file():  # one copy for every metric
                 src.save(folder / name)
-        return {"coef": self.coef.tolist(), "scale": self.scale.tolist(), "lambda": self.lam,
+        return {"design": DESIGN, "coef": self.coef.tolist(), "scale": self.scale.tolist(), "lambda": self.lam,
                 "cv_under": self.cv_under, "sources": self.folders}
 
     @classmethod
     def load(cls, metric: str, state: dict, folder: Path) -> TransferSurrogate:
         from .predictor import Predictor
 
+        if state.get("design") != DESIGN:
+            raise LatpruneError(f"transferred predictor '{folder}' was fitted by an older latprune (design "
+                                f"{state.get('design', 1)}, this one {DESIGN}); refit it with 'latprune fit ... "
+                                "--transfer-from'")
         s = cls(metric, [Predictor.load(folder / name) for name in state["sources"]], state["sources"])
         s.coef, s.scale = np.array(state["coef"]), np.array(state["scale"])
         s.lam, s.cv_under = state["lambda"], state["cv_under"]

@@ -1,5 +1,6 @@
 """Transfer of latency predictors to a new device from few rows (synthetic devices whose laws differ)."""
 
+import json
 import sys
 
 import numpy as np
@@ -63,6 +64,19 @@ def test_twenty_target_rows_transfer_better_than_a_fit_from_scratch(source, held
     assert "leave-one-out CV" in transferred.accuracy_table()
 
 
+def test_a_longer_prompt_than_the_sources_transfers_from_twenty_rows(source):
+    """A workload as the target: the source fitted at prompt 128, the target at 512, where a
+    decode step also pays for attention over the cache (per layer, KV group and token)."""
+    long = {**TARGET, "prompt": 512, "context_s": 5e-7}  # a third of the decode step
+    rows = synthetic_profile(0, 3, archs=_plan(source, 20), **long)
+    held = synthetic_profile(0, 7, archs=profile_plan(smol_like_space(), 60, seed=11), **long)
+    transferred = Predictor.fit(rows, "transfer", sources=[source])
+    assert transferred.meta["workload_range"]["prompt"] == [512, 512]
+    t = _scores(transferred, held)
+    for m in ("prefill_ms", "decode_ms"):
+        assert t[m]["within_10pct"] >= 0.95 and t[m]["spearman"] >= 0.98, (m, t[m])
+
+
 def test_five_rows_give_an_honest_wide_bound(source, held_out):
     rows = _target(_plan(source, 5))
     transferred = Predictor.fit(rows, "transfer", sources=[source])
@@ -81,6 +95,13 @@ def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
     assert meta["target_rows"] == 10 and meta["sources"][0]["device"] == "cpu"
     assert sorted(meta["target_arch_ids"]) == sorted(rows.arch_id)
     assert (tmp_path / "t" / "source-0" / "metadata.json").is_file() and not list(tmp_path.rglob("*.pkl"))
+    marker = tmp_path / "t" / "metadata.json"  # one written before the context terms: refused in one line
+    state = json.loads(marker.read_text())
+    for surrogate in state["surrogates"].values():
+        del surrogate["design"]
+    marker.write_text(json.dumps(state))
+    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 2\); refit it"):
+        Predictor.load(tmp_path / "t")
 
 
 def test_spread_plan_prefixes_span_the_source_latency_range(source):
