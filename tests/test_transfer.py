@@ -67,7 +67,7 @@ def test_twenty_target_rows_transfer_better_than_a_fit_from_scratch(source, held
 def test_a_longer_prompt_than_the_sources_transfers_from_twenty_rows(source):
     """A workload as the target: the source fitted at prompt 128, the target at 512, where a
     decode step also pays for attention over the cache (per layer, KV group and token)."""
-    long = {**TARGET, "prompt": 512, "context_s": 5e-7}  # a third of the decode step
+    long = {**TARGET, "prompt": 512, "context_s": 5e-7}  # about a quarter of the parent's decode step
     rows = synthetic_profile(0, 3, archs=_plan(source, 20), **long)
     held = synthetic_profile(0, 7, archs=profile_plan(smol_like_space(), 60, seed=11), **long)
     transferred = Predictor.fit(rows, "transfer", sources=[source])
@@ -95,7 +95,7 @@ def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
     assert meta["target_rows"] == 10 and meta["sources"][0]["device"] == "cpu"
     assert sorted(meta["target_arch_ids"]) == sorted(rows.arch_id)
     assert (tmp_path / "t" / "source-0" / "metadata.json").is_file() and not list(tmp_path.rglob("*.pkl"))
-    marker = tmp_path / "t" / "metadata.json"  # one written before the context terms: refused in one line
+    marker = tmp_path / "t" / "metadata.json"  # one written before the context term: refused in one line
     state = json.loads(marker.read_text())
     for surrogate in state["surrogates"].values():
         del surrogate["design"]
