@@ -76,7 +76,6 @@ def test_run_with_the_per_layer_space_delivers_a_verified_model_that_loads_witho
     from latprune import Architecture
     from latprune.search.options import SearchOptions
     from latprune.search.pipeline import run_pipeline
-    from latprune.search.refine import REACH
 
     model_dir = tiny_llama(tmp_path, monkeypatch)
     # 8 evaluations: the seeds and tapers (which may all be uniform) leave some to the per-layer mutations
@@ -90,8 +89,11 @@ def test_run_with_the_per_layer_space_delivers_a_verified_model_that_loads_witho
     per_layer = cands[cands.strategy.str.startswith("per-layer")]  # the mutations, the filled seed, the tapers
     assert len(per_layer) and not all(Architecture.from_json(j).is_uniform for j in per_layer.arch_json)
     assert per_layer.bound.isin(["median", "band"]).all()  # the round near the budget, refinement's band rounds
-    reach = per_layer.bound.map({"median": 1.0, "band": REACH})  # a band round may look up to REACH x the budget
-    assert (per_layer.pred_decode_ms <= reach * summary["budget_ms"] + 1e-9).all()
+    # the search's own round stays under the budget; a refinement band round looks up to REACH x the limit,
+    # or up to the prediction of a candidate the device measured over the band (`refine.bracket`), which
+    # a noisy host can put anywhere: what the user gets from it is held to the budget by measurement (above)
+    near = per_layer[per_layer.bound == "median"]
+    assert len(near) and (near.pred_decode_ms <= summary["budget_ms"] + 1e-9).all()
     winner = Architecture.from_dict(summary["winner"]["architecture"])
     model = AutoModelForCausalLM.from_pretrained(out / "model", trust_remote_code=not winner.is_uniform)
     assert sum(p.numel() for p in model.parameters()) == summary["winner"]["parameters"]
