@@ -13,9 +13,10 @@ a source rescaled plus a share of each term. A ridge prior pulls the fit toward 
 rescale (c_k = k / K, where k is the median target/source ratio; d = e = 0): with a
 handful of rows the target is a rescaled source, with more the correction grows. The
 prior's strength is chosen by leave-one-out error over a grid, every (strength, left-out
-row) system solved at once with `jax.vmap`. The upper bound is the median x (1 + the split-conformal 90% quantile
-of the leave-one-out relative errors), or, below 9 rows (too few for that quantile),
-x (1 + the larger of 1.5 x the largest error and 15%): honest with few rows.
+row) system solved at once with `jax.vmap`. The upper bound is the median x (1 + the
+split-conformal 90% quantile of the leave-one-out relative errors), or, below 9 rows (too
+few for that quantile), x (1 + the larger of 1.5 x the largest error and 15%): honest with
+few rows.
 """
 
 from __future__ import annotations
