@@ -65,13 +65,13 @@ def main() -> None:
             s = search("default", device, opts, work / f"search-{fraction}", predictor=predictor_dir,
                        profile_record=record, devices_file=args.devices_file)
         except LatpruneError as exc:
-            rows.append(f"| {fraction:.2f}x | failed: {exc} | | | | |")
+            rows.append(f"| {fraction:.2f}x | failed: {exc} | | | | | |")
             continue
         use, speed = s["budget_use"], s["speedup"]["decode_ms"]
         rows.append(f"| {fraction:.2f}x = {opts.latency_ms:.2f} ms | {s['winner']['describe']} | "
                     f"{s['winner']['measured']['decode_ms']:.2f} ms | {use['measured_over_budget']:.1%} | "
                     f"{speed['measured']:.2f}x / {speed['predicted']:.2f}x | "
-                    f"{use['in_refinement']} + {use['in_verification']} |")
+                    f"{use['in_refinement']} + {use['in_verification']} | {_finalists(s, opts.latency_ms)} |")
         print(rows[-1], flush=True)
         shutil.rmtree(work / f"search-{fraction}" / "onnx", ignore_errors=True)
     meta = json.loads((predictor_dir / "metadata.json").read_text())
@@ -80,8 +80,15 @@ def main() -> None:
              f"with the first {args.rows} rows of `{args.target}` (+ the parent's reference timing; "
              f"{meta['transfer']['target_rows']} rows). Search: the default strategy, refinement on, no recovery.", "",
              "| budget | winner | measured decode | budget used | speedup measured / predicted | "
-             "device timings (refinement + verification) |", "|---|---|---|---|---|---|", *rows]
+             "device timings (refinement + verification) | finalists verified, in order (% of budget) |",
+             "|---|---|---|---|---|---|---|", *rows]
     print(_common.write_markdown("transfer_search", "Search with a transferred predictor", "\n".join(lines)))
+
+
+def _finalists(summary: dict, budget_ms: float) -> str:
+    """Each verified finalist, in the order timed, with its drift-corrected decode as a share of the budget."""
+    return "; ".join(f"{f['describe']} {f['decode_ms'] / budget_ms:.0%}"
+                     for f in summary["finalists_measured"])
 
 
 if __name__ == "__main__":

@@ -248,9 +248,10 @@ def passing_finalists(prep: Prepared, verified: Verification, preferred: int) ->
     passing = first or meets
     raw = verified.measured[passing[0].id].get(stat_column(m, "raw_ms"))
     if raw is not None and raw > budget:
-        print(f"latprune: warning: the first finalist's raw {m} now is {raw:.2f} ms, over the {budget:g} ms "
-              f"budget: the machine runs {verified.parent['drift'][m] - 1:+.0%} off its speed when profiled; the "
-              "budget is checked on the drift-corrected figure (ratio to the parent x the parent's profiled latency)",
+        print(f"latprune: warning: finalist {passing[0].describe()}'s raw {m} now is {raw:.2f} ms, over the "
+              f"{budget:g} ms budget: the machine runs {verified.parent['drift'][m] - 1:+.0%} off its speed when "
+              "profiled; the budget is checked on the drift-corrected figure (ratio to the parent x the parent's "
+              "profiled latency)",
               file=sys.stderr)
     return passing
 
@@ -360,6 +361,8 @@ class SearchResult:
             "eval": {"heldout_windows": self.quality["windows"], "window": WINDOW, "search_windows": SEARCH_WINDOWS},
             "parent": self._parent(), "winner": self._winner(),
             "finalists": [a.id for a in self.verified.finalists],
+            "finalists_measured": [{"arch_id": a.id, "describe": a.describe(),
+                                    m: float(self.verified.measured[a.id][m])} for a in self.verified.finalists],
         }
         pp, pm = summary["parent"], summary["winner"]
         summary["budget_use"] = {"measured_over_budget": pm["measured"][m] / opts.latency_ms,

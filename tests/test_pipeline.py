@@ -48,6 +48,8 @@ def test_run_profiles_fits_searches_verifies_and_reports(tmp_path, monkeypatch):
     assert parent["drift"]["decode_ms"] == pytest.approx(
         parent["measured_raw"]["decode_ms"] / parent["measured"]["decode_ms"])
     assert winner["measured_raw"]["decode_ms"] > 0
+    timed = {f["arch_id"]: f["decode_ms"] for f in summary["finalists_measured"]}  # every finalist, in order timed
+    assert list(timed) == summary["finalists"] and timed[winner["architecture_id"]] == winner["measured"]["decode_ms"]
     assert json.loads((out / "summary.json").read_text())["winner"]["architecture_id"] == \
         summary["winner"]["architecture_id"]
     assert AutoModelForCausalLM.from_pretrained(out / "model").config.num_hidden_layers == \
