@@ -57,6 +57,13 @@ def roofline_terms(f: pd.DataFrame, metric: str) -> np.ndarray:
 
 def context_term(f: pd.DataFrame, metric: str) -> np.ndarray:
     """The context's own cost, which a runtime pays at another rate than the weights' and
-    which grows with the prompt while theirs does not: for prefill the attention FLOPs over
-    the prompt (compute-bound), for a decode step the KV-cache bytes it reads (memory-bound)."""
-    return np.asarray(f.prefill_attn_flops if metric == "prefill_ms" else f.kv_bytes, dtype=np.float64)
+    which grows with the prompt while theirs does not, as columns: for prefill the attention
+    FLOPs over the prompt (compute-bound); for a decode step the KV-cache bytes it reads
+    (memory-bound) and the bytes of the cache's copy repeated to every query head, which
+    grouped-query attention makes each step and attention without grouping (heads equal to
+    KV groups) does not."""
+    if metric == "prefill_ms":
+        return np.asarray(f.prefill_attn_flops, dtype=np.float64)[:, None]
+    grouped = np.asarray(f.heads > f.kv_groups, dtype=np.float64)
+    repeated = np.asarray(f.kv_bytes * f.heads / f.kv_groups, dtype=np.float64) * grouped
+    return np.column_stack([np.asarray(f.kv_bytes, dtype=np.float64), repeated])

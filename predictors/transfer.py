@@ -6,7 +6,9 @@ predicted median for architecture a, asked inside the workload range it was fitt
 trees cannot extrapolate to a longer prompt, and derived features beyond that range read as
 another architecture), and r(a) the target's own terms: the roofline's (weight + KV bytes,
 FLOPs, layers) and the context's (prefill: attention FLOPs over the prompt; decode: the
-KV-cache bytes a step reads), each scaled to the sources' mean, fitted for relative error.
+KV-cache bytes a step reads, and those of the cache's copy repeated to every query head when
+attention is grouped), each scaled to the sources' mean (a term that is zero on every
+target row gets no weight), fitted for relative error.
 Additive, because a device or workload differs from another mostly in how fast it moves
 bytes, does FLOPs, pays per-layer overheads and attends over its context, so the target is
 a source rescaled plus a share of each term. A ridge prior pulls the fit toward the pure
@@ -40,7 +42,7 @@ LAMBDAS = np.logspace(-3, 3, 13)  # ridge strengths tried by leave-one-out
 COVERAGE = 0.9
 FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
 FEW_ROWS_WIDTH = 0.15  # the least upper-bound widening below 9 rows (too few for a 90% quantile)
-DESIGN = 2  # 2: the context's own term, sources asked inside their workload range
+DESIGN = 3  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term
 
 
 def require_jax():
@@ -112,12 +114,13 @@ class TransferSurrogate:
         self.lam, self.cv_under = float("nan"), 0.0
 
     def _design(self, f: pd.DataFrame) -> np.ndarray:
-        """[sources' medians, roofline terms (bytes, FLOPs, layers), the context's term and 1,
+        """[sources' medians, roofline terms (bytes, FLOPs, layers), the context's terms and 1,
         the terms scaled to the medians]."""
         s = source_medians(self.sources, self.metric, f)
         terms = np.column_stack([roofline_terms(f, self.metric)[:, :3], context_term(f, self.metric), np.ones(len(f))])
         if self.scale is None:
-            self.scale = s.mean() / terms.mean(axis=0)
+            mean = terms.mean(axis=0)
+            self.scale = np.divide(s.mean(), mean, out=np.zeros_like(mean), where=mean > 0)
         return np.column_stack([s, terms * self.scale])
 
     def fit(self, f: pd.DataFrame, y: np.ndarray) -> np.ndarray:

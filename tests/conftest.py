@@ -85,11 +85,13 @@ def smol_like_space():
 
 def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None, *, bandwidth: float = 25e9,
                       layer_s: float = 8e-5, flops: float = 3e11, tiling: float = 0.0, archs=None,
-                      prompt: int = 128, context_s: float = 0.0):
+                      prompt: int = 128, context_s: float = 0.0, repeat_s: float = 0.0):
     """A profile frame whose latencies follow a known law of the features (1% noise); the
     law's constants say how the device behaves (`tiling`: how much slower a block with an MLP
     wider than 1024 runs, a cache effect no roofline sees; `context_s`: what a decode step
-    pays per layer, KV group and cached token); `archs` replaces the plan."""
+    pays per layer, KV group and cached token; `repeat_s`: per layer, query head and cached
+    token, when attention is grouped, for the cache's copy repeated to every head); `archs`
+    replaces the plan."""
     import json
 
     import numpy as np
@@ -108,7 +110,7 @@ def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None, *
     f = features(space, cols)
     rng = np.random.default_rng(seed)
     noise = lambda: rng.normal(1, 0.01, n)  # noqa: E731
-    context = f.layers * f.kv_groups * f.prompt * context_s
+    context = f.layers * f.prompt * (f.kv_groups * context_s + f.heads * (f.heads > f.kv_groups) * repeat_s)
     decode = (f.weight_bytes / bandwidth + f.layers * layer_s + context + 2e-4) * 1e3 * noise()
     prefill = (f.prefill_flops / flops * (1 + 0.3 * (f.hidden < 256)) + f.layers * 3.75 * layer_s) * 1e3 * noise()
     kernel = 1 + tiling * (f.mlp > 1024)

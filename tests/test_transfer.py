@@ -66,8 +66,10 @@ def test_twenty_target_rows_transfer_better_than_a_fit_from_scratch(source, held
 
 def test_a_longer_prompt_than_the_sources_transfers_from_twenty_rows(source):
     """A workload as the target: the source fitted at prompt 128, the target at 512, where a
-    decode step also pays for attention over the cache (per layer, KV group and token)."""
-    long = {**TARGET, "prompt": 512, "context_s": 5e-7}  # about a quarter of the parent's decode step
+    decode step also pays for attention over the cache (per layer, KV group and token) and,
+    when attention is grouped, for the cache's copy repeated to every query head."""
+    # about a sixth and a tenth of the parent's decode step
+    long = {**TARGET, "prompt": 512, "context_s": 5e-7, "repeat_s": 1e-7}
     rows = synthetic_profile(0, 3, archs=_plan(source, 20), **long)
     held = synthetic_profile(0, 7, archs=profile_plan(smol_like_space(), 60, seed=11), **long)
     transferred = Predictor.fit(rows, "transfer", sources=[source])
@@ -75,6 +77,11 @@ def test_a_longer_prompt_than_the_sources_transfers_from_twenty_rows(source):
     t = _scores(transferred, held)
     for m in ("prefill_ms", "decode_ms"):
         assert t[m]["within_10pct"] >= 0.95 and t[m]["spearman"] >= 0.98, (m, t[m])
+    # no copy without grouping: what grouped rows pay must not leak onto these (60% within ±10%
+    # when the design had no term for the copy, 93% with it and with no copy cost at all)
+    ungrouped = (held.heads == held.kv_groups).to_numpy()
+    assert ungrouped.sum() >= 10
+    assert accuracy(held.decode_ms[ungrouped], t["pred"].decode_ms[ungrouped])["within_10pct"] >= 0.9
 
 
 def test_five_rows_give_an_honest_wide_bound(source, held_out):
@@ -100,7 +107,7 @@ def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
     for surrogate in state["surrogates"].values():
         del surrogate["design"]
     marker.write_text(json.dumps(state))
-    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 2\); refit it"):
+    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 3\); refit it"):
         Predictor.load(tmp_path / "t")
 
 
