@@ -84,6 +84,17 @@ def test_a_longer_prompt_than_the_sources_transfers_from_twenty_rows(source):
     assert accuracy(held.decode_ms[ungrouped], t["pred"].decode_ms[ungrouped])["within_10pct"] >= 0.9
 
 
+def test_target_rows_without_grouped_attention_leave_the_repeat_term_out(source, held_out):
+    """Rows whose heads all equal their KV groups (as every row of a GPT-2 or GPT-NeoX parent
+    does) have no KV repeat: its term is zero on all of them and must get no weight, not a
+    division by zero."""
+    ungrouped = [a for a in profile_plan(smol_like_space(), 200, seed=1) if a.heads[0] == a.kv_groups[0]][:20]
+    assert len(ungrouped) == 20
+    transferred = Predictor.fit(_target(ungrouped), "transfer", sources=[source])
+    pred = _scores(transferred, held_out)["pred"]
+    assert np.isfinite(pred.decode_ms.to_numpy()).all() and (pred.decode_ms.to_numpy() > 0).all()
+
+
 def test_five_rows_give_an_honest_wide_bound(source, held_out):
     rows = _target(_plan(source, 5))
     transferred = Predictor.fit(rows, "transfer", sources=[source])
