@@ -64,6 +64,6 @@ def context_term(f: pd.DataFrame, metric: str) -> np.ndarray:
     KV groups) does not."""
     if metric == "prefill_ms":
         return np.asarray(f.prefill_attn_flops, dtype=np.float64)[:, None]
-    grouped = np.asarray(f.heads > f.kv_groups, dtype=np.float64)
-    repeated = np.asarray(f.kv_bytes * f.heads / f.kv_groups, dtype=np.float64) * grouped
-    return np.column_stack([np.asarray(f.kv_bytes, dtype=np.float64), repeated])
+    kv = np.asarray(f.kv_bytes, dtype=np.float64)
+    repeated = np.where(f.heads > f.kv_groups, kv * f.heads / f.kv_groups, 0.0)
+    return np.column_stack([kv, repeated])
