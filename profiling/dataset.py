@@ -6,6 +6,7 @@ column."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,13 @@ def baseline(frame: pd.DataFrame, **match: Any) -> dict[str, float] | None:
     if refs.empty:
         return None
     return {m: float(refs[m].iloc[0]) for m in STEPS}
+
+
+def baseline_host(frame: pd.DataFrame, **match: Any) -> dict[str, str] | None:
+    """The host fingerprint of the reference row that fixes the `baseline` of the rows
+    matching `match`; None before any reference was timed."""
+    refs = _matching(frame, role="reference", status="ok", **match)
+    return None if refs.empty else json.loads(refs.host_json.iloc[0])
 
 
 def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:

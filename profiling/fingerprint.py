@@ -10,6 +10,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+HARDWARE = ("cpu_model", "cpu_cores", "gpu_name")  # what sets a timing (hostname, RAM and OS do not)
 LIBRARIES = ("latprune", "torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnxruntime-gpu",
              "onnx", "numpy")
 
@@ -62,6 +63,21 @@ def host_fingerprint() -> dict[str, str]:
             "ram_gb": str(_ram_gb()), "os": platform.platform()}
     info.update(_gpu())
     return info
+
+
+def describe_hardware(host: dict[str, str]) -> str:
+    """'Intel(R) Xeon(R) Processor (2 cores)', with the GPU when there is one."""
+    gpu = f", {host['gpu_name']}" if host.get("gpu_name") else ""
+    return f"{host.get('cpu_model', 'an unknown CPU')} ({host.get('cpu_cores', '?')} cores){gpu}"
+
+
+def hardware_difference(recorded: dict[str, str], here: dict[str, str] | None = None) -> str | None:
+    """How the machine of fingerprint `recorded` differs from this one (`here`) in what sets
+    a timing (the HARDWARE keys both name), as 'on A, and this host is B'; None when it does not."""
+    here = host_fingerprint() if here is None else here
+    if all(str(recorded[k]) == str(here[k]) for k in HARDWARE if k in recorded and k in here):
+        return None
+    return f"on {describe_hardware(recorded)}, and this host is {describe_hardware(here)}"
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ import traceback
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -25,15 +25,28 @@ from latprune.models import cache_dir, load_config, model_identity
 from latprune.space import SearchSpace
 from latprune.workload import METRICS, Workload
 
-from .dataset import HETERO_ROLE, STEPS, ProfileWriter, baseline, default_profile, stat_column
+from .dataset import HETERO_ROLE, STEPS, ProfileWriter, baseline, baseline_host, default_profile, stat_column
 from .devices import Device, check_available, get_device
 from .export import EXPORTER, export_onnx, random_model
-from .fingerprint import host_fingerprint, library_versions
+from .fingerprint import hardware_difference, host_fingerprint, library_versions
 from .sampling import aimed_plan, check_samples, per_layer_plan, profile_plan, spread_plan
 from .timing import TimedModel, Timing, time_steps
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 DRIFT_THRESHOLD = 0.25
 HOST_WINDOW = 15  # the reference timings of this many recent measurements define the host's normal state
+
+
+def check_same_host(frame: pd.DataFrame, where: str, **match: Any) -> None:
+    """Refuse, in one line, to add this host's timings to rows (those of `frame` matching
+    `match`) whose scale was fixed on another machine: a paired ratio taken here times
+    another machine's baseline is a latency of neither."""
+    recorded = baseline_host(frame, **match)
+    if recorded and (diff := hardware_difference(recorded)):
+        raise LatpruneError(f"{where} was calibrated {diff}; timings of two machines cannot share one scale: move "
+                            "it away or profile into another file on this host (and fit a predictor from that)")
 
 
 def _release_memory() -> None:
@@ -54,7 +67,9 @@ class Profiler:
     reference's latency in the profile's first reference row (its *baseline*). `drift` is
     the reference's latency now over the baseline; beyond DRIFT_THRESHOLD the machine has
     changed state (throttling, another job) enough that even ratios are suspect, and the
-    row is flagged (fit leaves it out).
+    row is flagged (fit leaves it out). A profile calibrated on another machine (CPU model,
+    cores, GPU) is refused (`check_same_host`) unless `check_host` is off (fleet nodes, which
+    record each node's host, and `--allow-mismatch`).
 
     Busy-host retries. A short burst of load on a shared host slows models unequally (small,
     cache-resident models more than the memory-bound parent), so the paired ratio of a sample
@@ -66,8 +81,8 @@ class Profiler:
     of state within a few samples; slow drift is for pairing to cancel.
     """
 
-    def __init__(self, config, device: Device, workload: Workload, writer: ProfileWriter, keep_onnx: bool = False,
-                 discard_graphs: bool = True):
+    def __init__(self, config, device: Device, workload: Workload, writer: ProfileWriter, *, keep_onnx: bool = False,
+                 discard_graphs: bool = True, check_host: bool = True):
         self.config = config
         self.space = SearchSpace.from_config(self.config)
         self.identity = model_identity(self.config)
@@ -83,6 +98,8 @@ class Profiler:
         self._reference: TimedModel | None = None
         self.session_referenced = False  # a reference row was recorded by this profiler
         self._recent: dict[str, deque[float]] = {m: deque(maxlen=HOST_WINDOW) for m in STEPS}
+        if check_host:
+            check_same_host(self.writer.frame, f"profile '{getattr(writer, 'path', '')}'", **self.key)
         self.baseline = baseline(self.writer.frame, **self.key)
 
     def folder(self, arch: Architecture) -> Path:
@@ -227,7 +244,7 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
     config = load_config(model)
     estimate = _transfer_estimate(transfer_from, workload, out) if transfer_from else None
     with ProfileWriter(out) as writer:
-        prof = Profiler(config, dev, workload, writer, keep_onnx)
+        prof = Profiler(config, dev, workload, writer, keep_onnx=keep_onnx)
         bar = tqdm(total=samples, desc=f"profile {dev.name}", unit="sample", disable=not progress)
         try:
             if per_layer:

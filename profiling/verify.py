@@ -41,15 +41,16 @@ class Verification:
 
 class DeviceSession:
     """Paired timings of architectures of one parent on one device, each appended to
-    `record` (a profile file, locked while the session is open). `scale`: the parent's
-    latency per step on the predictor's scale (`baseline`), by default the record's own."""
+    `record` (a profile file, locked while the session is open; one calibrated on another
+    machine is refused unless `check_host` is off). `scale`: the parent's latency per step on
+    the predictor's scale (`baseline`), by default the record's own."""
 
     def __init__(self, config, device: Device, workload: Workload, record: str | Path, *,
-                 baseline: dict[str, float] | None = None):
+                 baseline: dict[str, float] | None = None, check_host: bool = True):
         self.workload = workload
         self.writer = ProfileWriter(record)
         try:
-            self.profiler = Profiler(config, device, workload, self.writer, discard_graphs=False)
+            self.profiler = Profiler(config, device, workload, self.writer, discard_graphs=False, check_host=check_host)
         except BaseException:
             self.writer.close()
             raise

@@ -13,6 +13,7 @@ import functools
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ from latprune.errors import LatpruneError
 from latprune.files import CHECKPOINT_MARKER, SEARCH_MARKER, atomic_dir, check_out, remove_output
 from latprune.models import load_config, model_identity
 from latprune.predictors.predictor import Predictor, load_for
-from latprune.profiling.dataset import STEPS, default_profile, stat_column
+from latprune.profiling.dataset import STEPS, default_profile, read_profile, stat_column
 from latprune.profiling.devices import Device, check_available, get_device
 from latprune.profiling.export import export_onnx
+from latprune.profiling.fingerprint import hardware_difference
+from latprune.profiling.run import check_same_host
 from latprune.profiling.verify import ROUNDS, DeviceSession, Verification, measure_finalists
 from latprune.space import SearchSpace
 from latprune.text import calibration_windows, heldout_windows, second_windows
@@ -79,6 +82,7 @@ def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: s
     pred = load_for(predictor, dev.name, model_identity(config)["config_hash"], allow_mismatch)
     workload = workload or pred.default_workload()
     pred.check_workload(workload, allow_mismatch)
+    check_predictor_host(pred, allow_mismatch)
     started = time.perf_counter()
     ranked = rank_model(model, text, progress=progress)
     if supernet is not None:
@@ -86,6 +90,19 @@ def prepare(model: str | Path, device: str, opts: SearchOptions, *, predictor: s
 
         ranked = attach_supernet(ranked, supernet)
     return _resolved(Prepared(dev, pred, workload, ranked, opts, started))
+
+
+def check_predictor_host(pred: Predictor, allow_mismatch: bool = False) -> None:
+    """Refuse, in one line, a predictor fitted on another machine's timings (CPU model, cores,
+    GPU): the device timings of refinement and verification here would be scaled by that
+    machine's parent. With `allow_mismatch`, a warning."""
+    if not (diff := hardware_difference(pred.meta.get("host", {}))):
+        return
+    msg = (f"the predictor for '{pred.meta['device']}' was fitted on timings taken {diff}: profile and fit on this "
+           "host")
+    if not allow_mismatch:
+        raise LatpruneError(msg + " (or pass --allow-mismatch)")
+    warnings.warn(msg, stacklevel=3)
 
 
 def _resolved(prep: Prepared) -> Prepared:
@@ -266,6 +283,10 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     budget on the device. Returns the summary."""
     inputs = [model, predictor, text, profile_record, supernet]
     check_out(out, SEARCH_MARKER, inputs)
+    name = get_device(device, devices_file).name
+    record = Path(profile_record or default_profile(name))
+    if not allow_mismatch:
+        check_same_host(read_profile(record), f"profile '{record}'", device=name)
     prep = prepare(model, device, opts, predictor=predictor, text=text, workload=workload,
                    devices_file=devices_file, allow_mismatch=allow_mismatch, supernet=supernet, progress=progress)
     answer = parent_answer(prep)
@@ -274,9 +295,8 @@ def search(model: str | Path, device: str, opts: SearchOptions, out: str | Path,
     cands = candidates(prep, progress)
     search_s = time.perf_counter() - prep.started
     cands, tried = rank_by_recovery(prep, cands, progress)
-    with DeviceSession(prep.ranked.model.config, prep.device, prep.workload,
-                       profile_record or default_profile(prep.device.name),
-                       baseline=prep.predictor.baseline(prep.workload)) as session:
+    with DeviceSession(prep.ranked.model.config, prep.device, prep.workload, record,
+                       baseline=prep.predictor.baseline(prep.workload), check_host=not allow_mismatch) as session:
         refinement, cands = refine_on_device(prep, cands, session, progress)
         verified, preferred = verify_finalists(prep, cands, session, refinement, progress)
     passing = passing_finalists(prep, verified, preferred)

@@ -99,6 +99,7 @@ def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None, *
     from latprune import SearchSpace
     from latprune.models import model_identity
     from latprune.predictors.features import arch_columns, features
+    from latprune.profiling.fingerprint import host_fingerprint  # as if profiled on this host
     from latprune.profiling.sampling import profile_plan
 
     config = config or smol_like_config()
@@ -118,6 +119,6 @@ def synthetic_profile(n: int, seed: int = 0, device: str = "cpu", config=None, *
     return cols.assign(
         role="sample", status="ok", drift_flag=False, device=device, model_hash=model_identity(config)["config_hash"],
         dtype="fp32", parent_config_json=config.to_json_string(use_diff=False), prefill_ms=prefill,
-        decode_ms=decode, device_json=json.dumps({"name": device}), host_json=json.dumps({"cpu_model": "x"}),
+        decode_ms=decode, device_json=json.dumps({"name": device}), host_json=json.dumps(host_fingerprint()),
         model_name="smol", model_type=config.model_type, versions_json="{}",
     )

@@ -117,6 +117,59 @@ def test_a_second_profile_process_is_refused_and_the_first_keeps_its_rows(tmp_pa
         assert len(again.frame) == 2
 
 
+# ---- timings of another machine ------------------------------------------------
+ELSEWHERE = {"hostname": "elsewhere", "cpu_model": "Imaginary CPU 9000 (test)", "cpu_cores": "2"}
+
+
+def calibrated_elsewhere(path: Path, model_dir: Path, **workload: int) -> bytes:
+    """`path`: a profile whose reference row (its scale) was timed on another machine; its bytes."""
+    import pandas as pd
+
+    from latprune.models import load_config, model_identity
+    from latprune.workload import Workload
+
+    row = {"role": "reference", "status": "ok", "device": "cpu", "workload": Workload(**workload).key,
+           "model_hash": model_identity(load_config(str(model_dir)))["config_hash"], "arch_id": "parent",
+           "host_json": json.dumps(ELSEWHERE), "prefill_ms": 10.0, "decode_ms": 1.0, "drift_flag": False}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_profile(path, pd.DataFrame([row]))
+    return path.read_bytes()
+
+
+def test_a_profile_calibrated_on_another_machine_is_refused_before_any_timing(capsys, tmp_path, tiny_dir):
+    out = tmp_path / "p.parquet"
+    before = calibrated_elsewhere(out, tiny_dir, prompt=16, generate=4)
+    err = fails_in_one_line(capsys, "profile", "--model", str(tiny_dir), "--samples", "2", "--out", str(out),
+                            "--workload", "batch=1,prompt=16,generate=4")
+    assert "calibrated on Imaginary CPU 9000 (test) (2 cores), and this host is" in err and str(out) in err
+    assert out.read_bytes() == before  # not a row added
+
+
+def test_search_refuses_a_record_or_a_predictor_from_another_machine(capsys, tmp_path, tiny_dir, monkeypatch):
+    import warnings
+
+    from latprune.errors import LatpruneError
+    from latprune.search.workflow import check_predictor_host
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LATPRUNE_CACHE", str(tmp_path / "no-cache"))
+    calibrated_elsewhere(tmp_path / "profiles" / "cpu.parquet", tiny_dir)
+    err = fails_in_one_line(capsys, "search", "--model", str(tiny_dir), "--latency-ms", "10")
+    assert "profile 'profiles/cpu.parquet' was calibrated on Imaginary CPU 9000" in err
+    assert not (tmp_path / "no-cache").exists()  # refused before the model was loaded
+    here = Predictor.fit(synthetic_profile(20), "roofline")
+    check_predictor_host(here)  # profiled on this host: nothing to say
+    there = synthetic_profile(20).assign(host_json=json.dumps(ELSEWHERE))
+    elsewhere = Predictor.fit(there, "roofline")
+    with pytest.raises(LatpruneError, match=r"fitted on timings taken on Imaginary CPU 9000 \(test\) \(2 cores\), "
+                                            r"and this host is .*: profile and fit on this host \(or pass --allow"):
+        check_predictor_host(elsewhere)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_predictor_host(elsewhere, allow_mismatch=True)
+    assert any("Imaginary CPU 9000" in str(w.message) for w in caught)
+
+
 # ---- interrupted distillation saves its finished steps -------------------------
 def test_distillation_interrupted_before_its_first_checkpoint_keeps_the_finished_steps(tmp_path, monkeypatch):
     import latprune.compress.distill as distill_mod
