@@ -10,6 +10,8 @@ the winner's measured latency as a share of the budget, predicted vs measured sp
 the device timings spent.
 
     python benchmarks/transfer_search.py --rows 20 --fractions 0.5,0.7,0.85
+
+The target profile must have been recorded on this machine (verification times here).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20, help="target rows the transfer uses (the profile's first)")
     ap.add_argument("--fractions", default="0.5,0.7,0.85")
     ap.add_argument("--work", default="out/bench_transfer_search")
+    ap.add_argument("--name", default="transfer_search", help="results file: benchmarks/results/NAME.md")
     args = ap.parse_args()
     if args.rows < 1:
         ap.error("--rows must be at least 1")
@@ -82,7 +85,7 @@ def main() -> None:
              "| budget | winner | measured decode | budget used | speedup measured / predicted | "
              "device timings (refinement + verification) | finalists verified, in order (% of budget) |",
              "|---|---|---|---|---|---|---|", *rows]
-    print(_common.write_markdown("transfer_search", "Search with a transferred predictor", "\n".join(lines)))
+    print(_common.write_markdown(args.name, "Search with a transferred predictor", "\n".join(lines)))
 
 
 def _finalists(summary: dict, budget_ms: float) -> str:

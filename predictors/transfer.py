@@ -15,10 +15,20 @@ a source rescaled plus a share of each term. A ridge prior pulls the fit toward 
 rescale (c_k = k / K, where k is the median target/source ratio; d = e = 0): with a
 handful of rows the target is a rescaled source, with more the correction grows. The
 prior's strength is chosen by leave-one-out error over a grid, every (strength, left-out
-row) system solved at once with `jax.vmap`. The upper bound is the median x (1 + the
-split-conformal 90% quantile of the leave-one-out relative errors), or, below 9 rows (too
-few for that quantile), x (1 + the larger of 1.5 x the largest error and 15%): honest with
-few rows.
+row) system solved at once with `jax.vmap`.
+
+A source need not resemble the target: from a 2-thread AMD EPYC to one thread of an Intel
+Xeon, the target/source ratio of decode ran from 0.7 (deep, thin models: no thread
+synchronisation per op) to 1.9 (large ones: half the memory bandwidth) and 3.3 (the
+smallest), which no linear correction fits (leave-one-out RMS error 22% at 20 rows, every
+held-out architecture at >=30% of the parent under-predicted by about 25%). So per metric
+the target rows alone (an XGBoost surrogate, as `fit` without sources) compete with the
+transfer by leave-one-out error on the same rows, and the lower error is kept (`chosen`):
+the sources are used only where they help.
+
+The upper bound is the median x (1 + the split-conformal 90% quantile of the chosen model's
+leave-one-out relative errors), or, below 9 rows (too few for that quantile), x (1 + the
+larger of 1.5 x the largest error and 15%): honest with few rows.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import pandas as pd
 from latprune.errors import LatpruneError
 
 from .features import RAW, context_term, features, roofline_terms
+from .surrogates import XGBoostSurrogate
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -42,7 +53,10 @@ LAMBDAS = np.logspace(-3, 3, 13)  # ridge strengths tried by leave-one-out
 COVERAGE = 0.9
 FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
 FEW_ROWS_WIDTH = 0.15  # the least upper-bound widening below 9 rows (too few for a 90% quantile)
-DESIGN = 3  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term
+DESIGN = 4  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term;
+#            4: the target rows alone compete with the transfer by leave-one-out error
+READS = (3, 4)  # designs this latprune loads (a design-3 state is a design-4 one whose transfer was kept)
+TRANSFERRED, TARGET_ONLY = "transfer", "target rows only"  # what `TransferSurrogate.chosen` says
 
 
 def require_jax():
@@ -112,6 +126,8 @@ class TransferSurrogate:
         self.folders = folders or [f"source-{k}" for k in range(len(sources))]
         self.coef = self.scale = None
         self.lam, self.cv_under = float("nan"), 0.0
+        self.target_only: XGBoostSurrogate | None = None  # set when the target rows alone predicted them better
+        self.loo_rms: dict[str, float] = {}
 
     def _design(self, f: pd.DataFrame) -> np.ndarray:
         """[sources' medians, roofline terms (bytes, FLOPs, layers), the context's terms and 1,
@@ -133,10 +149,21 @@ class TransferSurrogate:
         best = int(np.argmin(((loo - 1) ** 2).mean(axis=1)))
         self.lam, self.coef = float(LAMBDAS[best]), full[best]
         oof = np.maximum(loo[best], FLOOR) * y
+        alone = _target_only_loo(self.metric, f, y)
+        self.loo_rms = {TRANSFERRED: _rms(y, oof), TARGET_ONLY: _rms(y, alone)}
+        self.target_only = None
+        if self.loo_rms[TARGET_ONLY] < self.loo_rms[TRANSFERRED]:
+            self.target_only, oof = XGBoostSurrogate(self.metric).fit(f, y), alone
         self.cv_under = conformal_width(y, oof)
         return oof
 
+    @property
+    def chosen(self) -> str:
+        return TRANSFERRED if self.target_only is None else TARGET_ONLY
+
     def predict_all(self, f: pd.DataFrame) -> np.ndarray:
+        if self.target_only is not None:
+            return self.target_only.predict_all(f)
         x = self._design(f)
         rescaled = x[:, : len(self.sources)].mean(axis=1) * self.coef[: len(self.sources)].sum()
         return np.maximum(x @ self.coef, FLOOR * rescaled)  # never below a share of the plain rescale
@@ -152,21 +179,42 @@ class TransferSurrogate:
         for src, name in zip(self.sources, self.folders):
             if not (folder / name / PREDICTOR_MARKER).is_file():  # one copy for every metric
                 src.save(folder / name)
-        return {"design": DESIGN, "coef": self.coef.tolist(), "scale": self.scale.tolist(), "lambda": self.lam,
-                "cv_under": self.cv_under, "sources": self.folders}
+        state = {"design": DESIGN, "coef": self.coef.tolist(), "scale": self.scale.tolist(), "lambda": self.lam,
+                 "cv_under": self.cv_under, "sources": self.folders, "chosen": self.chosen,
+                 "loo_rms_relative_error": self.loo_rms}
+        if self.target_only is not None:
+            state["target_only"] = self.target_only.save(folder)
+        return state
 
     @classmethod
     def load(cls, metric: str, state: dict, folder: Path) -> TransferSurrogate:
         from .predictor import Predictor
 
-        if state.get("design") != DESIGN:
+        if state.get("design") not in READS:
             raise LatpruneError(f"transferred predictor '{folder}' was fitted by an older latprune (design "
                                 f"{state.get('design', 1)}, this one {DESIGN}); refit it with 'latprune fit ... "
                                 "--transfer-from'")
         s = cls(metric, [Predictor.load(folder / name) for name in state["sources"]], state["sources"])
         s.coef, s.scale = np.array(state["coef"]), np.array(state["scale"])
         s.lam, s.cv_under = state["lambda"], state["cv_under"]
+        s.loo_rms = state.get("loo_rms_relative_error", {})
+        if "target_only" in state:
+            s.target_only = XGBoostSurrogate.load(metric, state["target_only"], folder)
         return s
+
+
+def _rms(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Root mean square relative error."""
+    return float(np.sqrt(np.mean((predicted / actual - 1) ** 2)))
+
+
+def _target_only_loo(metric: str, f: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    """Leave-one-out predictions of an XGBoost surrogate fitted on the target rows alone."""
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        out[i] = XGBoostSurrogate(metric).fit(f.iloc[keep], y[keep]).predict_all(f.iloc[[i]])[0]
+    return out
 
 
 # ---- fitting, as `Predictor.fit(kind="transfer")` calls it ---------------------------------

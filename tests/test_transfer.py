@@ -118,8 +118,39 @@ def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
     for surrogate in state["surrogates"].values():
         del surrogate["design"]
     marker.write_text(json.dumps(state))
-    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 3\); refit it"):
+    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 4\); refit it"):
         Predictor.load(tmp_path / "t")
+
+
+def _cached(frame: pd.DataFrame, limit: float = 100e6, speedup: float = 2.0) -> pd.DataFrame:
+    """`frame` on a target whose cache holds the weights of models under `limit` bytes, which
+    decode `speedup` x faster: a step in the law that the source does not have."""
+    from latprune.predictors.features import features
+
+    small = (features(smol_like_space(), frame).weight_bytes < limit).to_numpy()
+    return frame.assign(decode_ms=np.where(small, frame.decode_ms / speedup, frame.decode_ms))
+
+
+def test_a_target_unlike_every_source_is_predicted_from_its_own_rows(source, tmp_path, monkeypatch):
+    """No linear correction of the source fits a cache step the source lacks (as from an AMD
+    EPYC with two threads to one thread of an Intel Xeon): the target rows alone predict
+    decode better by leave-one-out, and are kept; prefill, a rescale, keeps the transfer."""
+    import latprune.predictors.transfer as transfer
+
+    rows = _cached(_target(_plan(source, 20)))
+    held = _cached(_target(profile_plan(smol_like_space(), 60, seed=11), seed=7))
+    chosen = Predictor.fit(rows, "transfer", sources=[source])
+    assert chosen.surrogates["decode_ms"].chosen == transfer.TARGET_ONLY
+    assert chosen.surrogates["prefill_ms"].chosen == transfer.TRANSFERRED
+    chosen.save(tmp_path / "t")
+    loaded = Predictor.load(tmp_path / "t")
+    archs = profile_plan(smol_like_space(), 20, seed=4)
+    pd.testing.assert_frame_equal(chosen.predict(archs), loaded.predict(archs))
+    monkeypatch.setattr(transfer, "_target_only_loo", lambda metric, f, y: np.full(len(y), np.inf))
+    alone = Predictor.fit(rows, "transfer", sources=[source])  # the transfer, however badly it fits
+    assert alone.surrogates["decode_ms"].chosen == transfer.TRANSFERRED
+    kept, forced = _scores(chosen, held)["decode_ms"], _scores(alone, held)["decode_ms"]
+    assert kept["within_10pct"] >= 0.6 and forced["within_10pct"] <= 0.3, (kept, forced)
 
 
 def test_spread_plan_prefixes_span_the_source_latency_range(source):
