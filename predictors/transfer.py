@@ -159,6 +159,7 @@ class TransferSurrogate:
 
     @property
     def chosen(self) -> str:
+        """Which model predicts: TRANSFERRED or TARGET_ONLY (the lower leave-one-out error)."""
         return TRANSFERRED if self.target_only is None else TARGET_ONLY
 
     def predict_all(self, f: pd.DataFrame) -> np.ndarray:
