@@ -118,7 +118,7 @@ def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
     for surrogate in state["surrogates"].values():
         del surrogate["design"]
     marker.write_text(json.dumps(state))
-    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 4\); refit it"):
+    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 5\); refit it"):
         Predictor.load(tmp_path / "t")
 
 
@@ -131,26 +131,35 @@ def _cached(frame: pd.DataFrame, limit: float = 100e6, speedup: float = 2.0) -> 
     return frame.assign(decode_ms=np.where(small, frame.decode_ms / speedup, frame.decode_ms))
 
 
-def test_a_target_unlike_every_source_is_predicted_from_its_own_rows(source, tmp_path, monkeypatch):
-    """No linear correction of the source fits a cache step the source lacks (as from an AMD
-    EPYC with two threads to one thread of an Intel Xeon): the target rows alone predict
-    decode better by leave-one-out, and are kept; prefill, a rescale, keeps the transfer."""
-    import latprune.predictors.transfer as transfer
-
+def test_a_target_unlike_every_source_keeps_the_rows_near_budgets_within_ten_percent(source):
+    """A cache step the source lacks (small models decode twice as fast, as from an AMD EPYC
+    with two threads to an Intel Xeon): fitted for relative error, the many small rows of a
+    spread plan pulled every large one low (15% of the held-out rows within ±10%); fitted
+    for absolute error, the rows where budgets lie set the correction."""
     rows = _cached(_target(_plan(source, 20)))
     held = _cached(_target(profile_plan(smol_like_space(), 60, seed=11), seed=7))
+    t = _scores(Predictor.fit(rows, "transfer", sources=[source]), held)["decode_ms"]
+    assert t["within_10pct"] >= 0.6, t
+
+
+def test_the_target_rows_alone_are_kept_when_they_predict_better(source, tmp_path, monkeypatch):
+    """Per metric the transfer competes with an XGBoost surrogate of the target rows alone by
+    leave-one-out error; here the latter is made perfect for decode, so it must be kept,
+    recorded, saved and loaded back; prefill keeps the transfer."""
+    import latprune.predictors.transfer as transfer
+
+    real = transfer._target_only_loo
+    monkeypatch.setattr(transfer, "_target_only_loo",
+                        lambda metric, f, y: y.copy() if metric == "decode_ms" else real(metric, f, y))
+    rows = _target(_plan(source, 20))
     chosen = Predictor.fit(rows, "transfer", sources=[source])
     assert chosen.surrogates["decode_ms"].chosen == transfer.TARGET_ONLY
     assert chosen.surrogates["prefill_ms"].chosen == transfer.TRANSFERRED
     chosen.save(tmp_path / "t")
-    loaded = Predictor.load(tmp_path / "t")
+    state = json.loads((tmp_path / "t" / "metadata.json").read_text())["surrogates"]["decode_ms"]
+    assert state["chosen"] == transfer.TARGET_ONLY and state["loo_rms_error"][transfer.TARGET_ONLY] == 0
     archs = profile_plan(smol_like_space(), 20, seed=4)
-    pd.testing.assert_frame_equal(chosen.predict(archs), loaded.predict(archs))
-    monkeypatch.setattr(transfer, "_target_only_loo", lambda metric, f, y: np.full(len(y), np.inf))
-    alone = Predictor.fit(rows, "transfer", sources=[source])  # the transfer, however badly it fits
-    assert alone.surrogates["decode_ms"].chosen == transfer.TRANSFERRED
-    kept, forced = _scores(chosen, held)["decode_ms"], _scores(alone, held)["decode_ms"]
-    assert kept["within_10pct"] >= 0.6 and forced["within_10pct"] <= 0.3, (kept, forced)
+    pd.testing.assert_frame_equal(chosen.predict(archs), Predictor.load(tmp_path / "t").predict(archs))
 
 
 def test_spread_plan_prefixes_span_the_source_latency_range(source):
