@@ -99,7 +99,7 @@ class Profiler:
         self.session_referenced = False  # a reference row was recorded by this profiler
         self._recent: dict[str, deque[float]] = {m: deque(maxlen=HOST_WINDOW) for m in STEPS}
         if check_host:
-            check_same_host(self.writer.frame, f"profile '{getattr(writer, 'path', '')}'", **self.key)
+            check_same_host(self.writer.frame, f"profile '{writer.path}'", **self.key)
         self.baseline = baseline(self.writer.frame, **self.key)
 
     def folder(self, arch: Architecture) -> Path:
