@@ -11,19 +11,21 @@ attention is grouped), each scaled to the sources' mean (a term that is zero on 
 target row gets no weight), fitted for absolute error.
 Additive, because a device or workload differs from another mostly in how fast it moves
 bytes, does FLOPs, pays per-layer overheads and attends over its context, so the target is
-a source rescaled plus a share of each term. A ridge prior pulls the fit toward the pure
-rescale (c_k = k / K, where k is the median target/source ratio; d = e = 0): with a
-handful of rows the target is a rescaled source, with more the correction grows. The
-prior's strength is chosen by leave-one-out error over a grid, every (strength, left-out
-row) system solved at once with `jax.vmap`.
+a source rescaled plus a share of each term.
 
-A source need not resemble the target: from a 2-thread AMD EPYC to an Intel Xeon, the
-target/source ratio of decode ran from 0.6-0.9 (deep, thin models: less thread
-synchronisation per op) to 1.35-1.9 (large ones: less memory bandwidth) and up to 3.3 (the
-smallest), which no linear correction fits everywhere. Fitted for relative error, the many
-small rows of a spread plan set the compromise and every held-out architecture at >=30% of
-the parent came out about 25% low; fitted for absolute error (relative error weighted by
-latency squared), the rows where budgets lie set it. And per metric the target rows alone
+The fit is local in model size (design 6): for each architecture asked, the target rows are
+weighted by a Gaussian kernel in log source latency (bandwidth from BANDWIDTHS, an infinite
+one being one global fit) and by latency squared (absolute error: the rows where budgets
+lie set the fit, not the many small rows of a spread plan), and a ridge solved per query
+pulls the terms toward 0 while the sources' coefficients are nearly free (SOURCE_PENALTY):
+their sum is the target/source rescale, free to differ with size. Why local: on two
+CPUs the ratio target/source of decode is flat (1.2-1.4) over large models and far from it
+for small ones (0.6-3.3), and a global fit of few rows whose large rows share one KV
+grouping gave confounded terms large weights, so held-out large rows of other groupings came
+out 10-18% low (design 5, 70% within 10% on a fresh 2-thread Xeon set). Bandwidth and ridge
+strength are chosen by weighted leave-one-out error over the grid, every (bandwidth,
+strength, left-out row, query) system solved at once with `jax.vmap`; predictions keep the
+target rows and solve their own small systems. And per metric the target rows alone
 (an XGBoost surrogate, as `fit` without sources) compete with the transfer by leave-one-out
 error on the same rows, the lower kept (`chosen`): the sources are used only where they
 help.
@@ -55,9 +57,12 @@ LAMBDAS = np.logspace(-3, 3, 13)  # ridge strengths tried by leave-one-out
 COVERAGE = 0.9
 FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
 FEW_ROWS_WIDTH = 0.15  # the least upper-bound widening below 9 rows (too few for a 90% quantile)
-DESIGN = 5  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term;
-#            4: the target rows alone compete with the transfer by leave-one-out error; 5: absolute error
-READS = (3, 4, 5)  # designs this latprune loads (the same state; only the fit that chose it differs)
+BANDWIDTHS = (0.25, 0.5, 1.0, math.inf)  # locality in log source latency tried by leave-one-out (inf: global)
+SOURCE_PENALTY = 1e-3  # the sources' coefficients are pulled toward the rescale this much weaker than the terms
+DESIGN = 6  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term;
+#            4: the target rows alone compete with the transfer by leave-one-out error; 5: absolute error;
+#            6: the fit local in model size, the sources' scale free
+READS = (3, 4, 5, 6)  # designs this latprune loads (3-5: one global fit, the same state)
 TRANSFERRED, TARGET_ONLY = "transfer", "target rows only"  # what `TransferSurrogate.chosen` says
 
 
@@ -84,30 +89,40 @@ def _within(source: Predictor, cols: pd.DataFrame) -> pd.DataFrame:
     return cols.assign(**{k: cols[k].clip(lo, hi) for k, (lo, hi) in ranges.items()})
 
 
-def _loo_ridge(a: np.ndarray, prior: np.ndarray, row_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression of 1 on the rows of `a` (each row a design row / its target: relative
-    error), each row weighted by `row_weights`, toward `prior`, for every strength in
-    LAMBDAS: (leave-one-out predictions [L, n], coefficients fitted on all rows [L, p]),
-    predictions as ratios to the targets."""
+def local_ridge(a: np.ndarray, k: np.ndarray, lam, penalty: np.ndarray, prior: np.ndarray):
+    """Per query q (a row of `k`, the rows' weights for it [m, n]): the ridge coefficients
+    [m, p] minimising sum_i k_qi (a_i . c - 1)^2 + lam sum_j penalty_j (c_j - prior_j)^2, where
+    a_i is design row i over its target (relative error). jax.numpy, so the leave-one-out grid
+    is one vmapped, jitted call; eager for predictions."""
+    jnp = require_jax().numpy
+    lhs = jnp.einsum("ni,mn,nj->mij", a, k, a) + jnp.diag(lam * penalty + 1e-6)
+    rhs = jnp.einsum("ni,mn->mi", a, k) + lam * penalty * prior
+    return jnp.linalg.solve(lhs, rhs[..., None])[..., 0]
+
+
+def kernel(u_query: np.ndarray, u_rows: np.ndarray, bandwidth: float) -> np.ndarray:
+    """[m, n] Gaussian weights of the rows for each query by distance in log source latency
+    (all ones for an infinite bandwidth: one global fit)."""
+    if not math.isfinite(bandwidth):
+        return np.ones((len(u_query), len(u_rows)))
+    return np.exp(-0.5 * ((u_query[:, None] - u_rows[None, :]) / bandwidth) ** 2)
+
+
+def _loo_grid(a: np.ndarray, u: np.ndarray, weights: np.ndarray, penalty: np.ndarray,
+              prior: np.ndarray) -> np.ndarray:
+    """Leave-one-out predictions (ratios to the targets) [H, L, n] for every bandwidth in
+    BANDWIDTHS and ridge strength in LAMBDAS: row i predicted from the others, weighted for it."""
     jax = require_jax()
     jnp = jax.numpy
-    x, m = jnp.asarray(a, dtype=jnp.float32), jnp.asarray(prior, dtype=jnp.float32)
-    rows = jnp.asarray(row_weights, dtype=jnp.float32)
-    n, p = a.shape
-
-    def solve(weights, lam):
-        weights = weights * rows
-        lhs = x.T @ (x * weights[:, None]) + (lam + 1e-6) * jnp.eye(p)
-        return jnp.linalg.solve(lhs, x.T @ weights + lam * m)
-
-    def loo(lam):
-        coefs = jax.vmap(lambda w: solve(w, lam))(1.0 - jnp.eye(n))  # row i fitted without row i
-        return jnp.sum(coefs * x, axis=1)
-
+    x = jnp.asarray(a, dtype=jnp.float32)
+    pen, mean = jnp.asarray(penalty, dtype=jnp.float32), jnp.asarray(prior, dtype=jnp.float32)
+    grid = jax.jit(jax.vmap(lambda k, lam: jnp.sum(local_ridge(x, k, lam, pen, mean) * x, axis=1), (None, 0)))
     lams = jnp.asarray(LAMBDAS, dtype=jnp.float32)
-    preds = jax.jit(jax.vmap(loo))(lams)
-    full = jax.jit(jax.vmap(lambda lam: solve(jnp.ones(n), lam)))(lams)
-    return np.asarray(preds, dtype=float), np.asarray(full, dtype=float)
+    out = []
+    for h in BANDWIDTHS:
+        k = kernel(u, u, h) * weights[None, :] * (1.0 - np.eye(len(u)))  # row i left out of its own fit
+        out.append(np.asarray(grid(jnp.asarray(k, dtype=jnp.float32), lams), dtype=float))
+    return np.stack(out)
 
 
 def conformal_width(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -129,8 +144,10 @@ class TransferSurrogate:
     def __init__(self, metric: str, sources: list[Predictor], folders: list[str] | None = None):
         self.metric, self.sources = metric, sources
         self.folders = folders or [f"source-{k}" for k in range(len(sources))]
-        self.coef = self.scale = None
-        self.lam, self.cv_under = float("nan"), 0.0
+        self.scale = self.prior = None
+        self.coef: np.ndarray | None = None  # the global fit's coefficients (infinite bandwidth)
+        self.rows: dict[str, np.ndarray] = {}  # the target rows a local fit solves with at each query
+        self.lam, self.bandwidth, self.cv_under = float("nan"), math.inf, 0.0
         self.target_only: XGBoostSurrogate | None = None  # set when the target rows alone predicted them better
         self.loo_rms: dict[str, float] = {}
 
@@ -144,17 +161,25 @@ class TransferSurrogate:
             self.scale = np.divide(s.mean(), mean, out=np.zeros_like(mean), where=mean > 0)
         return np.column_stack([s, terms * self.scale])
 
+    def _penalty(self, p: int) -> np.ndarray:
+        k = len(self.sources)
+        return np.r_[np.full(k, SOURCE_PENALTY), np.ones(p - k)]
+
     def fit(self, f: pd.DataFrame, y: np.ndarray) -> np.ndarray:
         k = len(self.sources)
         self.scale = None
         x = self._design(f)
-        ratio = float(np.median(y / x[:, :k].mean(axis=1)))
-        prior = np.r_[np.full(k, ratio / k), np.zeros(x.shape[1] - k)]
         weights = (y / y.mean()) ** 2  # relative errors weighted by latency squared: absolute errors
-        loo, full = _loo_ridge(x / y[:, None], prior, weights)
-        best = int(np.argmin((weights * (loo - 1) ** 2).mean(axis=1)))
-        self.lam, self.coef = float(LAMBDAS[best]), full[best]
-        oof = np.maximum(loo[best], FLOOR) * y
+        rel = x[:, :k].mean(axis=1) / y
+        ratio = float((weights * rel).sum() / (weights * rel**2).sum())  # the rescale fitted for absolute error
+        self.prior = np.r_[np.full(k, ratio / k), np.zeros(x.shape[1] - k)]
+        loo = _loo_grid(x / y[:, None], _size(x, k), weights, self._penalty(x.shape[1]), self.prior)
+        loo = np.maximum(loo, FLOOR * ratio * rel)  # as `predict_all` floors them
+        h, best = np.unravel_index(np.argmin((weights * (loo - 1) ** 2).mean(axis=2)), loo.shape[:2])
+        self.bandwidth, self.lam = BANDWIDTHS[h], float(LAMBDAS[best])
+        self.rows = {"design": x, "targets": np.asarray(y, dtype=float), "weights": weights}
+        self.coef = self._coefs(x[:1])[0] if not math.isfinite(self.bandwidth) else None
+        oof = loo[h, best] * y
         alone = _target_only_loo(self.metric, f, y)
         self.loo_rms = {TRANSFERRED: _rms(y, oof), TARGET_ONLY: _rms(y, alone)}
         self.target_only = None
@@ -162,6 +187,16 @@ class TransferSurrogate:
             self.target_only, oof = XGBoostSurrogate(self.metric).fit(f, y), alone
         self.cv_under = conformal_width(y, oof)
         return oof
+
+    def _coefs(self, x: np.ndarray) -> np.ndarray:
+        """[m, p] coefficients for query design rows `x`: the target rows weighted for each
+        query by its closeness in size (one fit for all at an infinite bandwidth)."""
+        rows, k = self.rows, len(self.sources)
+        w = kernel(_size(x, k), _size(rows["design"], k), self.bandwidth) * rows["weights"][None, :]
+        if not math.isfinite(self.bandwidth):
+            w = w[:1]
+        c = local_ridge(rows["design"] / rows["targets"][:, None], w, self.lam, self._penalty(x.shape[1]), self.prior)
+        return np.broadcast_to(np.asarray(c, dtype=float), (len(x), x.shape[1]))
 
     @property
     def chosen(self) -> str:
@@ -172,8 +207,10 @@ class TransferSurrogate:
         if self.target_only is not None:
             return self.target_only.predict_all(f)
         x = self._design(f)
-        rescaled = x[:, : len(self.sources)].mean(axis=1) * self.coef[: len(self.sources)].sum()
-        return np.maximum(x @ self.coef, FLOOR * rescaled)  # never below a share of the plain rescale
+        k = len(self.sources)
+        coef = np.broadcast_to(self.coef, x.shape) if self.coef is not None else self._coefs(x)
+        rescaled = x[:, :k].mean(axis=1) * coef[:, :k].sum(axis=1)
+        return np.maximum((x * coef).sum(axis=1), FLOOR * rescaled)  # never below a share of the plain rescale
 
     def predict(self, f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(median, upper bound)."""
@@ -186,9 +223,14 @@ class TransferSurrogate:
         for src, name in zip(self.sources, self.folders):
             if not (folder / name / PREDICTOR_MARKER).is_file():  # one copy for every metric
                 src.save(folder / name)
-        state = {"design": DESIGN, "coef": self.coef.tolist(), "scale": self.scale.tolist(), "lambda": self.lam,
-                 "cv_under": self.cv_under, "sources": self.folders, "chosen": self.chosen,
-                 "loo_rms_error": self.loo_rms}
+        state = {"design": DESIGN, "scale": self.scale.tolist(), "lambda": self.lam,
+                 "bandwidth": self.bandwidth if math.isfinite(self.bandwidth) else None,
+                 "prior": self.prior.tolist(), "cv_under": self.cv_under, "sources": self.folders,
+                 "chosen": self.chosen, "loo_rms_error": self.loo_rms}
+        if self.coef is not None:
+            state["coef"] = self.coef.tolist()
+        else:
+            state["rows"] = {key: v.tolist() for key, v in self.rows.items()}
         if self.target_only is not None:
             state["target_only"] = self.target_only.save(folder)
         return state
@@ -202,12 +244,20 @@ class TransferSurrogate:
                                 f"{state.get('design', 1)}, this one {DESIGN}); refit it with 'latprune fit ... "
                                 "--transfer-from'")
         s = cls(metric, [Predictor.load(folder / name) for name in state["sources"]], state["sources"])
-        s.coef, s.scale = np.array(state["coef"]), np.array(state["scale"])
-        s.lam, s.cv_under = state["lambda"], state["cv_under"]
+        s.scale, s.lam, s.cv_under = np.array(state["scale"]), state["lambda"], state["cv_under"]
+        s.coef = np.array(state["coef"]) if "coef" in state else None  # designs 3-5 always: one global fit
+        s.bandwidth = state.get("bandwidth") or math.inf
+        s.prior = np.array(state["prior"]) if "prior" in state else None
+        s.rows = {key: np.array(v) for key, v in state.get("rows", {}).items()}
         s.loo_rms = state.get("loo_rms_error", {})
         if "target_only" in state:
             s.target_only = XGBoostSurrogate.load(metric, state["target_only"], folder)
         return s
+
+
+def _size(x: np.ndarray, k: int) -> np.ndarray:
+    """Log of the sources' mean prediction: where a row lies in size, what locality means."""
+    return np.log(np.maximum(x[:, :k].mean(axis=1), 1e-9))
 
 
 def _rms(actual: np.ndarray, predicted: np.ndarray) -> float:
