@@ -16,7 +16,7 @@ SPLIT_S=${SPLIT_S:-330}
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-/tmp/out-dry}
 mkdir -p "$SITE" "$OUT"
-cp -n gpukit/prev/*.parquet "$OUT"/ 2>/dev/null  # profiles of an earlier call resume
+cp -n gpukit/prev/*.parquet "$OUT"/ 2>/dev/null && chmod u+w "$OUT"/*.parquet  # profiles of an earlier call resume
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 
