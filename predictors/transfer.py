@@ -169,7 +169,7 @@ class TransferSurrogate:
         k = len(self.sources)
         self.scale = None
         x = self._design(f)
-        weights = (y / y.mean()) ** 2  # relative errors weighted by latency squared: absolute errors
+        weights = _row_weights(y)
         rel = x[:, :k].mean(axis=1) / y
         ratio = float((weights * rel).sum() / (weights * rel**2).sum())  # the rescale fitted for absolute error
         self.prior = np.r_[np.full(k, ratio / k), np.zeros(x.shape[1] - k)]
@@ -177,7 +177,7 @@ class TransferSurrogate:
         loo = np.maximum(loo, FLOOR * ratio * rel)  # as `predict_all` floors them
         h, best = np.unravel_index(np.argmin((weights * (loo - 1) ** 2).mean(axis=2)), loo.shape[:2])
         self.bandwidth, self.lam = BANDWIDTHS[h], float(LAMBDAS[best])
-        self.rows = {"design": x, "targets": np.asarray(y, dtype=float), "weights": weights}
+        self.rows = {"design": x, "targets": np.asarray(y, dtype=float)}
         self.coef = self._coefs(x[:1])[0] if not math.isfinite(self.bandwidth) else None
         oof = loo[h, best] * y
         alone = _target_only_loo(self.metric, f, y)
@@ -191,12 +191,10 @@ class TransferSurrogate:
     def _coefs(self, x: np.ndarray) -> np.ndarray:
         """[m, p] coefficients for query design rows `x`: the target rows weighted for each
         query by its closeness in size (one fit for all at an infinite bandwidth)."""
-        rows, k = self.rows, len(self.sources)
-        w = kernel(_size(x, k), _size(rows["design"], k), self.bandwidth) * rows["weights"][None, :]
-        if not math.isfinite(self.bandwidth):
-            w = w[:1]
-        c = local_ridge(rows["design"] / rows["targets"][:, None], w, self.lam, self._penalty(x.shape[1]), self.prior)
-        return np.broadcast_to(np.asarray(c, dtype=float), (len(x), x.shape[1]))
+        design, y, k = self.rows["design"], self.rows["targets"], len(self.sources)
+        w = kernel(_size(x, k), _size(design, k), self.bandwidth) * _row_weights(y)[None, :]
+        return np.asarray(local_ridge(design / y[:, None], w, self.lam, self._penalty(x.shape[1]), self.prior),
+                          dtype=float)
 
     @property
     def chosen(self) -> str:
@@ -253,6 +251,11 @@ class TransferSurrogate:
         if "target_only" in state:
             s.target_only = XGBoostSurrogate.load(metric, state["target_only"], folder)
         return s
+
+
+def _row_weights(y: np.ndarray) -> np.ndarray:
+    """Each target row's weight on its relative error: latency squared (absolute errors)."""
+    return (y / y.mean()) ** 2
 
 
 def _size(x: np.ndarray, k: int) -> np.ndarray:
