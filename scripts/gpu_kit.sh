@@ -14,10 +14,10 @@ grep -qxF "/$KIT/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "
 mkdir -p "$KIT/whl" "$KIT/partA" "$KIT/prev" "$KIT/smollm2-config" "$KIT/tmp"
 PLATFORMS=(--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --only-binary=:all: --no-deps)
-# the versions latprune pins (the GPU image has transformers 5, which optimum-onnx does not run with)
-python3 -m pip download -q "${PLATFORMS[@]}" -d "$KIT/whl" transformers==4.57.6 tokenizers==0.22.2 \
-  huggingface_hub==0.36.2 optimum==2.1.0 optimum-onnx==0.1.0 xgboost-cpu==3.2.0 nevergrad==1.0.12 cma==4.5.0 \
-  bayesian-optimization==1.4.0
+# the versions .venv has (setup.sh's pins) of what the GPU image lacks or has too new (transformers 5)
+PINS=$(.venv/bin/python -c "from importlib.metadata import version as v; print(' '.join(f'{n}=={v(n)}' for n in
+  'transformers tokenizers huggingface_hub optimum optimum-onnx xgboost-cpu nevergrad cma bayesian-optimization'.split()))")
+python3 -m pip download -q "${PLATFORMS[@]}" -d "$KIT/whl" $PINS
 python3 -m pip download -q "${PLATFORMS[@]}" -d "$KIT/tmp" onnxruntime-gpu==1.31.1  # built for CUDA 13
 rm -rf "$KIT/tmp/ort" && mkdir "$KIT/tmp/ort" && unzip -q "$KIT"/tmp/onnxruntime_gpu-*.whl -d "$KIT/tmp/ort"
 CUDA_LIB=onnxruntime/capi/libonnxruntime_providers_cuda.so
