@@ -21,7 +21,13 @@ MAGIC = 0xBA55ED50  # a fatbinary's header: magic, version (u16), header size (u
 
 def section(path: Path, name: str = ".nv_fatbin") -> tuple[int, int]:
     """(file offset, size) of an ELF section, read with readelf."""
-    for line in subprocess.check_output(["readelf", "-S", "-W", str(path)], text=True).splitlines():
+    try:
+        listing = subprocess.check_output(["readelf", "-S", "-W", str(path)], text=True, stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SystemExit("readelf is missing: install binutils") from None
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"{path} is not an ELF library") from None
+    for line in listing.splitlines():
         if f" {name} " in line:
             fields = line.split("]", 1)[1].split()
             return int(fields[3], 16), int(fields[4], 16)
@@ -51,6 +57,8 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--keep", type=int, default=90, help="the SM architecture kept (default 90: H100/H200)")
     args = ap.parse_args()
+    if not args.library.is_file():
+        raise SystemExit(f"{args.library} does not exist; pass the CUDA library to prune")
     data = bytearray(args.library.read_bytes())
     offset, size = section(args.library)
     kept = zeroed = 0
