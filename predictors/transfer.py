@@ -24,8 +24,12 @@ for small ones (0.6-3.3), and a global fit of few rows whose large rows share on
 grouping gave confounded terms large weights, so held-out large rows of other groupings came
 out 10-18% low (design 5, 70% within 10% on a fresh 2-thread Xeon set). Bandwidth and ridge
 strength are chosen by weighted leave-one-out error over the grid, every (bandwidth,
-strength, left-out row, query) system solved at once with `jax.vmap`; predictions keep the
-target rows and solve their own small systems. And per metric the target rows alone
+strength, left-out row, query) system solved at once with `jax.vmap`: the least error;
+or, with fewer than FEW_ROWS_PER_TERM rows per design column, the bandwidth of the least
+error and there the strongest ridge within one standard error of it (design 7: the least
+alone chose fits that five or ten rows could not pin down, and with 20 rows the rule kept
+the context's terms too small for a longer prompt). Predictions keep the target rows and
+solve their own small systems. And per metric the target rows alone
 (an XGBoost surrogate, as `fit` without sources) compete with the transfer by leave-one-out
 error on the same rows, the lower kept (`chosen`): the sources are used only where they
 help.
@@ -58,11 +62,13 @@ COVERAGE = 0.9
 FLOOR = 0.2  # a prediction never falls below this share of the sources' plain rescale
 FEW_ROWS_WIDTH = 0.15  # the least upper-bound widening below 9 rows (too few for a 90% quantile)
 BANDWIDTHS = (0.25, 0.5, 1.0, math.inf)  # locality in log source latency tried by leave-one-out (inf: global)
+FEW_ROWS_PER_TERM = 2  # below this many rows per design column, the one-standard-error rule chooses
 SOURCE_PENALTY = 1e-3  # the sources' coefficients are pulled toward the rescale this much weaker than the terms
-DESIGN = 6  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term;
+DESIGN = 7  # 2: the context's own term, sources asked inside their workload range; 3: the KV repeat's term;
 #            4: the target rows alone compete with the transfer by leave-one-out error; 5: absolute error;
-#            6: the fit local in model size, the sources' scale free
-READS = (3, 4, 5, 6)  # designs this latprune loads (3-5: one global fit, the same state)
+#            6: the fit local in model size, the sources' scale free; 7: the one-standard-error rule
+#            below FEW_ROWS_PER_TERM rows per design column
+READS = (3, 4, 5, 6, 7)  # designs this latprune loads (3-5: one global fit; 6-7: the same state)
 TRANSFERRED, TARGET_ONLY = "transfer", "target rows only"  # what `TransferSurrogate.chosen` says
 
 
@@ -125,6 +131,19 @@ def _loo_grid(a: np.ndarray, u: np.ndarray, weights: np.ndarray, penalty: np.nda
     return np.stack(out)
 
 
+def one_standard_error(errors: np.ndarray) -> tuple[int, int]:
+    """(bandwidth, strength) indices into BANDWIDTHS and LAMBDAS, from the rows' weighted
+    leave-one-out errors [H, L, n]: the bandwidth of the least mean error, and there the
+    strongest ridge whose mean error is within one standard error of the least (the
+    one-standard-error rule). With few rows the least error is mostly luck, and its
+    standard error wide enough to keep the sources' plain rescale; with many, the rule
+    costs little."""
+    mean = errors.mean(axis=2)
+    h, lam = np.unravel_index(np.argmin(mean), mean.shape)
+    limit = mean[h, lam] + errors[h, lam].std(ddof=1) / math.sqrt(errors.shape[2])
+    return int(h), int(np.flatnonzero(mean[h] <= limit).max())  # LAMBDAS ascend; the least is among them
+
+
 def conformal_width(actual: np.ndarray, predicted: np.ndarray) -> float:
     """Relative widening of the upper bound: the split-conformal COVERAGE quantile of the
     absolute relative errors (over- and under-predictions alike: a handful of rows that
@@ -175,7 +194,9 @@ class TransferSurrogate:
         self.prior = np.r_[np.full(k, ratio / k), np.zeros(x.shape[1] - k)]
         loo = _loo_grid(x / y[:, None], _size(x, k), weights, self._penalty(x.shape[1]), self.prior)
         loo = np.maximum(loo, FLOOR * ratio * rel)  # as `predict_all` floors them
-        h, best = np.unravel_index(np.argmin((weights * (loo - 1) ** 2).mean(axis=2)), loo.shape[:2])
+        errors = weights * (loo - 1) ** 2
+        few = len(y) < FEW_ROWS_PER_TERM * x.shape[1]
+        h, best = one_standard_error(errors) if few else np.unravel_index(np.argmin(errors.mean(axis=2)), loo.shape[:2])
         self.bandwidth, self.lam = BANDWIDTHS[h], float(LAMBDAS[best])
         self.rows = {"design": x, "targets": np.asarray(y, dtype=float)}
         self.coef = self._coefs(x[:1])[0] if not math.isfinite(self.bandwidth) else None

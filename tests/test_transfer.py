@@ -102,7 +102,27 @@ def test_five_rows_give_an_honest_wide_bound(source, held_out):
     assert (held_out.decode_ms.to_numpy() <= pred.decode_ms_upper.to_numpy()).mean() >= 0.9
 
 
+def test_the_strongest_ridge_within_one_standard_error_is_chosen():
+    """Leave-one-out errors [bandwidth, strength, row]: the least mean error at the second
+    bandwidth and the weakest ridge; at that bandwidth a stronger ridge within one standard
+    error of it is chosen, not one past it, nor a fit at another bandwidth. Errors that all
+    rows agree on leave no slack."""
+    from latprune.predictors.transfer import BANDWIDTHS, LAMBDAS, one_standard_error
+
+    rows = np.array([0.0, 0.0, 0.0, 0.4])  # mean 0.1, standard error 0.1
+    errors = np.full((len(BANDWIDTHS), len(LAMBDAS), 4), 0.5)
+    errors[1, 0] = rows
+    errors[1, 5] = rows + 0.09
+    errors[1, 6] = rows + 0.11
+    errors[-1, -1] = rows + 0.05
+    assert one_standard_error(errors) == (1, 5)
+    errors[1, 0] = np.full(4, 0.1)
+    assert one_standard_error(errors) == (1, 0)
+
+
 def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
+    from latprune.predictors.transfer import DESIGN
+
     rows = _target(_plan(source, 10))
     transferred = Predictor.fit(rows, "transfer", sources=[source])
     transferred.save(tmp_path / "t")
@@ -118,7 +138,7 @@ def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
     for surrogate in state["surrogates"].values():
         del surrogate["design"]
     marker.write_text(json.dumps(state))
-    with pytest.raises(LatpruneError, match=r"older latprune \(design 1, this one 6\); refit it"):
+    with pytest.raises(LatpruneError, match=rf"older latprune \(design 1, this one {DESIGN}\); refit it"):
         Predictor.load(tmp_path / "t")
 
 
