@@ -131,15 +131,15 @@ def _loo_grid(a: np.ndarray, u: np.ndarray, weights: np.ndarray, penalty: np.nda
     return np.stack(out)
 
 
-def one_standard_error(errors: np.ndarray) -> tuple[int, int]:
+def choose_fit(errors: np.ndarray, few_rows: bool) -> tuple[int, int]:
     """(bandwidth, strength) indices into BANDWIDTHS and LAMBDAS, from the rows' weighted
-    leave-one-out errors [H, L, n]: the bandwidth of the least mean error, and there the
-    strongest ridge whose mean error is within one standard error of the least (the
-    one-standard-error rule). With few rows the least error is mostly luck, and its
-    standard error wide enough to keep the sources' plain rescale; with many, the rule
-    costs little."""
+    leave-one-out errors [H, L, n]: the least mean error; with `few_rows`, at its bandwidth
+    the strongest ridge whose mean error is within one standard error of the least (the
+    one-standard-error rule): with five or ten rows the least error is mostly luck."""
     mean = errors.mean(axis=2)
     h, lam = np.unravel_index(np.argmin(mean), mean.shape)
+    if not few_rows:
+        return int(h), int(lam)
     limit = mean[h, lam] + errors[h, lam].std(ddof=1) / math.sqrt(errors.shape[2])
     return int(h), int(np.flatnonzero(mean[h] <= limit).max())  # LAMBDAS ascend; the least is among them
 
@@ -194,9 +194,7 @@ class TransferSurrogate:
         self.prior = np.r_[np.full(k, ratio / k), np.zeros(x.shape[1] - k)]
         loo = _loo_grid(x / y[:, None], _size(x, k), weights, self._penalty(x.shape[1]), self.prior)
         loo = np.maximum(loo, FLOOR * ratio * rel)  # as `predict_all` floors them
-        errors = weights * (loo - 1) ** 2
-        few = len(y) < FEW_ROWS_PER_TERM * x.shape[1]
-        h, best = one_standard_error(errors) if few else np.unravel_index(np.argmin(errors.mean(axis=2)), loo.shape[:2])
+        h, best = choose_fit(weights * (loo - 1) ** 2, few_rows=len(y) < FEW_ROWS_PER_TERM * x.shape[1])
         self.bandwidth, self.lam = BANDWIDTHS[h], float(LAMBDAS[best])
         self.rows = {"design": x, "targets": np.asarray(y, dtype=float)}
         self.coef = self._coefs(x[:1])[0] if not math.isfinite(self.bandwidth) else None

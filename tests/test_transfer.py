@@ -102,12 +102,12 @@ def test_five_rows_give_an_honest_wide_bound(source, held_out):
     assert (held_out.decode_ms.to_numpy() <= pred.decode_ms_upper.to_numpy()).mean() >= 0.9
 
 
-def test_the_strongest_ridge_within_one_standard_error_is_chosen():
+def test_with_few_rows_the_strongest_ridge_within_one_standard_error_is_chosen():
     """Leave-one-out errors [bandwidth, strength, row]: the least mean error at the second
-    bandwidth and the weakest ridge; at that bandwidth a stronger ridge within one standard
-    error of it is chosen, not one past it, nor a fit at another bandwidth. Errors that all
-    rows agree on leave no slack."""
-    from latprune.predictors.transfer import BANDWIDTHS, LAMBDAS, one_standard_error
+    bandwidth and the weakest ridge. With many rows it is chosen; with few, at that bandwidth
+    a stronger ridge within one standard error of it, not one past it, nor a fit at another
+    bandwidth. Errors that all rows agree on leave no slack."""
+    from latprune.predictors.transfer import BANDWIDTHS, LAMBDAS, choose_fit
 
     rows = np.array([0.0, 0.0, 0.0, 0.4])  # mean 0.1, standard error 0.1
     errors = np.full((len(BANDWIDTHS), len(LAMBDAS), 4), 0.5)
@@ -115,9 +115,10 @@ def test_the_strongest_ridge_within_one_standard_error_is_chosen():
     errors[1, 5] = rows + 0.09
     errors[1, 6] = rows + 0.11
     errors[-1, -1] = rows + 0.05
-    assert one_standard_error(errors) == (1, 5)
+    assert choose_fit(errors, few_rows=False) == (1, 0)
+    assert choose_fit(errors, few_rows=True) == (1, 5)
     errors[1, 0] = np.full(4, 0.1)
-    assert one_standard_error(errors) == (1, 0)
+    assert choose_fit(errors, few_rows=True) == (1, 0)
 
 
 def test_save_load_round_trip_records_sources_and_rows(source, tmp_path):
