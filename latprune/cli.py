@@ -443,7 +443,8 @@ def _parser() -> argparse.ArgumentParser:
                                                     "latency (e.g. 0.6, your budget; default: all space-filling)")
     p.add_argument("--plan", choices=["spread", "transfer", "per-layer"], default="spread",
                    help="spread: space-filling by parameter count (default); transfer: spread over the latency range "
-                        "that --transfer-from predicts, for 'latprune fit --transfer-from'; per-layer: heterogeneous "
+                        "that --transfer-from predicts, every other sample at >= 30%% of the parent's (where budgets "
+                        "lie), for 'latprune fit --transfer-from'; per-layer: heterogeneous "
                         "architectures, held out to check per-layer latency predictions")
     p.add_argument("--transfer-from", nargs="+", metavar="SOURCE",
                    help="with --plan transfer: predictor directories or profiles of devices already profiled")

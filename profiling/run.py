@@ -228,9 +228,10 @@ def profile(model: str | Path = "default", device: str = "cpu", samples: int = 4
     (a fraction of the parent's `aim_metric`) or `aim_ms` (a latency), half of the samples
     are space-filling and half are aimed at that latency (`aimed_plan`). With `transfer_from`
     (predictors or profiles of other devices), the samples are spread over the latency range
-    those predict (`spread_plan`), for `latprune fit --transfer-from`. With `per_layer`,
-    heterogeneous architectures (`per_layer_plan`), recorded with role HETERO_ROLE (never
-    trained on: they check the composed predictions of per-layer latency)."""
+    those predict, every other one where budgets lie (`spread_plan`), for `latprune fit
+    --transfer-from`. With `per_layer`, heterogeneous architectures (`per_layer_plan`),
+    recorded with role HETERO_ROLE (never trained on: they check the composed predictions of
+    per-layer latency)."""
     check_samples(samples)
     _check_aim(aim, aim_ms, aim_metric)
     if (transfer_from or per_layer) and (aim or aim_ms):

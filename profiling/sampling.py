@@ -57,6 +57,7 @@ def _nearest_each(candidates: list[Architecture], values: np.ndarray, targets: n
 
 
 AIM_WIDTH = 0.15  # an aimed plan covers aim x (1 +- AIM_WIDTH) of the parent's latency
+BUDGET_SHARE = 0.3  # a transfer plan spends every other row at or above this share of the parent's estimate
 
 
 def _proxy_features(space: SearchSpace, archs: list[Architecture]) -> np.ndarray:
@@ -84,25 +85,37 @@ def aimed_plan(space: SearchSpace, n: int, measured: dict[Architecture, float], 
 
 def spread_plan(space: SearchSpace, n: int, estimate, *, seed: int = 0, pool_factor: int = 60,
                 ) -> list[Architecture]:
-    """`n` architectures that pin down a new device: farthest-point order over estimated
-    latencies (`estimate(archs)` -> [len(archs), metrics], e.g. a profiled device's predicted
-    prefill and decode ms), from the fastest and the slowest, so every prefix of the plan
-    spans the whole range, and a plan of up to 100 is a prefix of every longer one (one pool).
+    """`n` architectures that pin down a new device, in an order whose every prefix does
+    (a plan of up to 100 is a prefix of every longer one: one pool). From the fastest and
+    the slowest by estimated latencies (`estimate(archs)` -> [len(archs), metrics], e.g. a
+    profiled device's predicted prefill and decode ms), then in turn:
+    - where budgets lie: the farthest in size (the sum of the standardised log estimates)
+      among those estimated at BUDGET_SHARE of the parent or more. A spread over log latency
+      alone puts three quarters of the rows below that share, where no budget is, and its
+      few large rows are the corners of the (prefill, decode) plane: odd shapes, whose
+      ratio to the source the usual shapes do not share. One coordinate leaves the shape
+      to the pool's draw;
+    - over the whole range: the farthest point over the standardised log estimates.
     The parent is left out (every profile times it as its reference)."""
     rng = np.random.default_rng(seed)
     size = pool_factor * max(n, 100)
     pool = {a.id: a for a in (space.smallest(), *(space.sample(rng) for _ in range(size)))}
     pool.pop(space.largest().id, None)
     candidates = list(pool.values())
-    z = np.log(np.asarray(estimate(candidates), dtype=float).reshape(len(candidates), -1))
-    z = (z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-12)
+    logs = np.log(np.asarray(estimate([*candidates, space.largest()]), dtype=float).reshape(len(candidates) + 1, -1))
+    share = (logs[:-1] - logs[-1]).mean(axis=1)  # log of the geometric-mean share of the parent's estimate
+    z = (logs[:-1] - logs[:-1].mean(axis=0)) / np.maximum(logs[:-1].std(axis=0), 1e-12)
     size = z.sum(axis=1)
+    in_budget = np.where(share >= np.log(BUDGET_SHARE), 0.0, -np.inf)  # added to a distance: only those may win
     chosen = [int(np.argmin(size)), int(np.argmax(size))][: max(n, 0)]
-    dist = np.min([np.linalg.norm(z - z[i], axis=1) for i in chosen], axis=0) if chosen else None
+    spread = np.min([np.linalg.norm(z - z[i], axis=1) for i in chosen], axis=0) if chosen else None
+    along = np.min([np.abs(size - size[i]) for i in chosen], axis=0) if chosen else None
     while len(chosen) < min(n, len(candidates)):
-        i = int(np.argmax(dist))
+        budget = along + in_budget
+        i = int(np.argmax(budget if len(chosen) % 2 == 0 and budget.max() > 0 else spread))
         chosen.append(i)
-        dist = np.minimum(dist, np.linalg.norm(z - z[i], axis=1))
+        spread = np.minimum(spread, np.linalg.norm(z - z[i], axis=1))
+        along = np.minimum(along, np.abs(size - size[i]))
     return [candidates[i] for i in chosen]
 
 

@@ -220,6 +220,22 @@ def test_spread_plan_prefixes_span_the_source_latency_range(source):
     assert first.min() <= np.quantile(decode, 0.05) and first.max() >= np.quantile(decode, 0.9)
 
 
+def test_the_spread_plan_spends_every_other_row_where_budgets_lie_on_shapes_of_every_kind(source):
+    """A spread in log latency alone put 5 of 20 rows at >= 30% of the parent's estimate, where
+    budgets and the accuracy bar lie; every other row there now, spread from 30% to the parent
+    in size, and of the pool's shapes, not one hidden size."""
+    from latprune.predictors.transfer import source_estimate
+    from latprune.profiling.sampling import BUDGET_SHARE
+
+    estimate = source_estimate([source], Workload())
+    plan = _plan(source, 20)
+    share = estimate(plan)[:, 1] / estimate([smol_like_space().largest()])[0, 1]
+    budget_rows = share[2::2]  # after the fastest and the slowest, every other row
+    assert (budget_rows >= BUDGET_SHARE).all() and (share >= BUDGET_SHARE).sum() >= 10
+    assert budget_rows.min() < 0.4 and budget_rows.max() > 0.8
+    assert len({a.hidden for a, s in zip(plan, share) if s >= BUDGET_SHARE}) >= 3
+
+
 def test_bad_sources_and_too_few_rows_are_one_line(source, tmp_path, monkeypatch):
     config = smol_like_config()
     config.intermediate_size = 1024  # another parent model
