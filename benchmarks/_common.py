@@ -58,13 +58,14 @@ def require_files(ap, *paths: str) -> None:
 
 def first_rows(frame, n: int):
     """The profile's first `n` usable sample rows (plan order, what a profile of `n` samples
-    would have) and its reference rows."""
+    would have) and its parent's reference row per workload (a resumed profile records one
+    more each session; `Predictor.fit` trains on one, and so must a fit from scratch)."""
     import pandas as pd
 
-    from latprune.profiling.dataset import usable_rows
+    from latprune.profiling.dataset import reference_rows, usable_rows
 
     samples, _ = usable_rows(frame)
-    return pd.concat([samples.iloc[:n], frame[frame.role == "reference"]], ignore_index=True)
+    return pd.concat([samples.iloc[:n], reference_rows(frame)], ignore_index=True)
 
 
 def scoring_windows(ranked) -> dict:
