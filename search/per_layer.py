@@ -6,7 +6,9 @@ It starts from the uniform round's best candidates (`seeds`), from the best one 
 (`fill`: every seed layer kept whole, the most important dropped layers added back with the
 largest block that still fits) and from importance-guided tapers of it (`taper`): keep one
 to three more of the most important layers and narrow the MLPs of the least important kept
-layers until the prediction fits. The search then mutates layer by layer from there, so its
+layers until the prediction fits), and from the allocations of least block damage at depths
+around it (`knapsack.allocate`: which layers, heads and MLP widths, by the measured damage of
+each block variant). The search then mutates layer by layer from there, so its
 best is never worse zero-shot than its seeds.
 """
 
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from latprune.architecture import Architecture
+from latprune.compress.block_damage import BlockDamage
 from latprune.errors import LatpruneError
 from latprune.space import SearchSpace
 
 from .evaluate import Evaluator
+from .knapsack import DEPTHS, KNAPSACK, allocate
 from .strategies import ask_and_tell
 
 DROPPED = 0  # an MLP width of 0 in the parametrization: the layer is dropped
@@ -139,9 +143,10 @@ def _with_layer(arch: Architecture, i: int, heads: int, kv: int, mlp: int) -> Ar
 
 
 def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, seed: int, optimizer: str,
-                  progress=None) -> None:
+                  progress=None, damage: BlockDamage | None = None) -> None:
     """Evaluate up to `evaluations` feasible per-layer architectures (results in
-    `ev.records`): the first seed filled (strategy FILLED) and tapered (TAPERED), then the
+    `ev.records`): the first seed filled (strategy FILLED) and tapered (TAPERED), with a
+    `damage` table the least-damage allocations at depths around it (KNAPSACK), then the
     seeds and nevergrad's mutations of them all."""
     import nevergrad as ng
 
@@ -157,6 +162,8 @@ def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, se
     param.register_cheap_constraint(feasible)
     opt = ng.optimizers.registry[optimizer](parametrization=param, budget=20 * evaluations, num_workers=1)
     grown = [(FILLED, fill(ev, seeds[0])), *((TAPERED, taper(ev, seeds[0], extra)) for extra in EXTRA_LAYERS)]
+    if damage is not None:
+        grown += [(KNAPSACK, allocate(ev, damage, seeds[0].num_layers + extra, lw.hidden)) for extra in DEPTHS]
     for name, arch in grown:  # under their own names, so that the recovery-aware shortlist can take them
         if arch is not None and len(ev.records) < evaluations:
             ev.strategy = name

@@ -28,6 +28,7 @@ from latprune.compress.ranked import WINDOW
 from latprune.text import calibration_windows
 
 from .evaluate import SEARCH_WINDOWS, Evaluator
+from .knapsack import DEPTHS, KNAPSACK
 from .options import SearchOptions
 from .per_layer import EXTRA_LAYERS, TAPERED
 from .refine import BAND, by_rank
@@ -72,7 +73,8 @@ def _per_layer_picks(cands: pd.DataFrame, band: pd.DataFrame, column: str, opts:
                      picked: set[str]) -> list[Architecture]:
     """With `--space per-layer`, besides the best in the band (ids `picked`): every taper
     (`per_layer.taper`, predicted from BAND[0] x the limit up to it; +2 layers recovered best
-    of all candidates at 0.5x and 0.7x, selection_proxy_*.md), the best per-layer mix and the
+    of all candidates at 0.5x and 0.7x, selection_proxy_*.md) and every least-damage
+    allocation (`knapsack.allocate`, likewise), the best per-layer mix and the
     best of the uniform strategy, these two only when the band's best is not of their kind,
     each from the band or, with none of its kind there, up to the limit (at 0.7x the
     layer-dropped L=19 was predicted at 99.5%). The filled seed is left to the search: it
@@ -86,8 +88,9 @@ def _per_layer_picks(cands: pd.DataFrame, band: pd.DataFrame, column: str, opts:
         pool = band if (band.strategy == strategy).any() else near
         return [Architecture.from_json(j) for j in pool[pool.strategy == strategy].arch_json.head(1)]
 
-    tapers = near[(near.strategy == TAPERED) & ~near.arch_id.isin(picked)].arch_json.head(len(EXTRA_LAYERS))
-    return [*best_of("per-layer"), *(Architecture.from_json(j) for j in tapers), *best_of(opts.strategy)]
+    grown = [near[(near.strategy == kind) & ~near.arch_id.isin(picked)].arch_json.head(count)
+             for kind, count in ((TAPERED, len(EXTRA_LAYERS)), (KNAPSACK, len(DEPTHS)))]
+    return [*best_of("per-layer"), *(Architecture.from_json(j) for j in pd.concat(grown)), *best_of(opts.strategy)]
 
 
 def _with_depth_family(prep: Prepared, cands: pd.DataFrame, low: float, high: float,

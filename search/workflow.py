@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.architecture import Architecture
+from latprune.compress.block_damage import PROBE_WINDOWS, BlockDamage, block_damage
 from latprune.compress.checkpoint import cast_copy, save_compressed
 from latprune.compress.quality import perplexity, quality_report
 from latprune.compress.ranked import WINDOW, RankedModel, rank_model
@@ -158,13 +159,21 @@ def find_candidates(ranked: RankedModel, predictor: Predictor, windows: torch.Te
 
     try:
         if seeds:
-            run_per_layer(ev, seeds, opts.evaluations, opts.seed, opts.optimizer, report)
+            run_per_layer(ev, seeds, opts.evaluations, opts.seed, opts.optimizer, report,
+                          damage=_block_damage(ranked, windows, progress))
         else:
             run_strategy(ev, opts.strategy, opts.evaluations, opts.seed, opts.optimizer, report)
         report(ev)
     finally:
         bar.close()
     return ev
+
+
+def _block_damage(ranked: RankedModel, windows: torch.Tensor, progress: bool) -> BlockDamage:
+    """The block damage table of the model sub-networks are cut from, on the first calibration
+    windows (cached for the parent; a fine-tuned super-network's is computed each time)."""
+    weights = ranked.weights if ranked.weights is not None else ranked.model
+    return block_damage(weights, ranked.ranking, windows[:PROBE_WINDOWS], progress, cache=ranked.weights is None)
 
 
 def candidates(prep: Prepared, progress: bool = True) -> pd.DataFrame:

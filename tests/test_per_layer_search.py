@@ -1,9 +1,12 @@
 """Per-layer search (`--space per-layer`) on a tiny Llama with a synthetic predictor."""
 
+import numpy as np
 import pytest
 
 from latprune import Architecture, LatpruneError, SearchSpace
+from latprune.compress.block_damage import _probe_widths
 from latprune.search.evaluate import Evaluator
+from latprune.search.knapsack import KNAPSACK
 from latprune.search.options import DEFAULT_OPTIMIZER, SearchOptions
 from latprune.search.per_layer import FILLED, TAPERED, LayerwiseSpace, check_per_layer, fill, run_per_layer, taper
 from latprune.search.workflow import find_candidates
@@ -91,7 +94,7 @@ def test_per_layer_round_stays_in_budget_and_never_loses_to_its_seeds(setup):
     seeds = [Architecture.from_json(j) for j in uniform.frame().sort_values("perplexity").arch_json.head(2)]
     per = find_candidates(ranked, predictor, windows, Workload(), opts, progress=False, seeds=seeds,
                           perplexities=uniform.perplexities).frame()
-    assert per.strategy.isin(["per-layer", FILLED, TAPERED]).all() and len(per) == opts.evaluations
+    assert per.strategy.isin(["per-layer", FILLED, TAPERED, KNAPSACK]).all() and len(per) == opts.evaluations
     archs = [Architecture.from_json(j) for j in per.arch_json]
     composed = predictor.predict(archs).decode_ms_upper.to_numpy()
     assert (composed <= opts.limit_ms + 1e-9).all()
@@ -106,3 +109,113 @@ def test_per_layer_is_refused_in_one_line_where_heads_set_the_hidden_size():
         check_per_layer(gpt2)
     with pytest.raises(LatpruneError, match="--space must be one of uniform, per-layer"):
         SearchOptions(10.0, space="layerwise")
+
+
+def _kl(parent, child, windows) -> float:
+    import torch
+
+    with torch.inference_mode():
+        logq = torch.log_softmax(parent(input_ids=windows, use_cache=False).logits.float(), -1)
+        logp = torch.log_softmax(child(input_ids=windows, use_cache=False).logits.float(), -1)
+    return float((logq.exp() * (logq - logp)).sum(-1).mean())
+
+
+def test_block_damage_is_the_kl_of_the_sub_network_with_that_one_block_changed(setup):
+    from latprune.compress.block_damage import compute_block_damage
+
+    ranked, _, windows = setup
+    space, p = ranked.space, ranked.space.parent
+    damage = compute_block_damage(ranked.model, ranked.ranking, windows[:2], progress=False)
+    whole = (p["heads"], p["kv_groups"], p["mlp"])
+    layers = list(range(p["layers"]))
+
+    def changed(i: int, shape: tuple | None) -> Architecture:  # layer i reshaped (None: dropped), the rest whole
+        shapes = {j: whole for j in layers if j != i} | ({i: shape} if shape else {})
+        kept = sorted(shapes)
+        return Architecture.per_layer(kept, *([shapes[j][k] for j in kept] for k in range(3)), p["hidden"])
+
+    def kl(arch: Architecture) -> float:
+        return _kl(ranked.model, ranked.extract(arch), windows[:2])
+
+    probed = _probe_widths(space)
+    assert len(probed) >= 2 and all(damage.mlp[i, 0] > 0 for i in layers)  # narrower MLPs do damage
+    for i in layers:
+        assert damage.drop[i] == pytest.approx(kl(changed(i, None)), rel=1e-4, abs=1e-7)
+        assert damage.of(i, *whole) == 0.0
+        kv, q = 1, 1
+        assert damage.attention[i, damage.attention_shapes.index((kv, q))] == pytest.approx(
+            kl(changed(i, (kv * q, kv, p["mlp"]))), rel=1e-4, abs=1e-7)
+    for w in probed:  # measured there, interpolated in between
+        assert damage.of(1, p["heads"], p["kv_groups"], w) == pytest.approx(
+            kl(changed(1, (p["heads"], p["kv_groups"], w))), rel=1e-4, abs=1e-7)
+
+
+def test_block_damage_is_computed_once_per_parent_ranking_and_tokens(setup, tmp_path, monkeypatch):
+    from latprune.compress import block_damage as bd
+
+    ranked, _, windows = setup
+    monkeypatch.setenv("LATPRUNE_CACHE", str(tmp_path))
+    first = bd.block_damage(ranked.model, ranked.ranking, windows[:2], progress=False)
+    monkeypatch.setattr(bd, "compute_block_damage", lambda *a, **k: pytest.fail("computed again"))
+    again = bd.block_damage(ranked.model, ranked.ranking, windows[:2], progress=False)
+    assert again.attention_shapes == first.attention_shapes and again.mlp_widths == first.mlp_widths
+    for name in ("drop", "attention", "mlp"):
+        assert np.array_equal(getattr(again, name), getattr(first, name))
+    with pytest.raises(pytest.fail.Exception, match="computed again"):  # other tokens: another table
+        bd.block_damage(ranked.model, ranked.ranking, windows[2:4], progress=False)
+
+
+def test_knapsack_finds_the_least_damage_choice_that_fits_as_brute_force_does():
+    import itertools
+
+    from latprune.search.knapsack import solve
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        layers, shapes, depth = 5, 4, int(rng.integers(1, 5))
+        drop, damage = rng.random(layers), rng.random((layers, shapes))
+        cost, capacity = rng.integers(1, 10, shapes), int(rng.integers(5, 30))
+        best = np.inf
+        for kept in itertools.combinations(range(layers), depth):
+            for pick in itertools.product(range(shapes), repeat=depth):
+                if cost[list(pick)].sum() <= capacity:
+                    total = sum(damage[i, s] for i, s in zip(kept, pick)) + sum(drop[i] for i in range(layers)
+                                                                                 if i not in kept)
+                    best = min(best, total)
+        found = solve(drop, damage, cost, depth, capacity)
+        if not np.isfinite(best):
+            assert found is None
+            continue
+        total, picks = found
+        assert total == pytest.approx(best) and len(picks) == depth
+        assert cost[list(picks.values())].sum() <= capacity
+        assert total == pytest.approx(sum(damage[i, s] for i, s in picks.items())
+                                      + sum(drop[i] for i in range(layers) if i not in picks))
+
+
+def test_least_damage_allocations_fit_the_budget_and_are_searched_and_shortlisted_under_their_name(setup):
+    from latprune.compress.block_damage import compute_block_damage
+    from latprune.search.knapsack import allocate
+
+    ranked, predictor, windows = setup
+    damage = compute_block_damage(ranked.model, ranked.ranking, windows[:2], progress=False)
+    limit = limit_at(predictor, ranked, 0.8)
+    ev = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", limit, bound="median")
+    p = ranked.space.parent
+    fits = []
+    for depth in range(1, p["layers"] + 1):
+        arch = allocate(ev, damage, depth, p["hidden"])
+        smallest = Architecture.uniform(depth, 1, 1, ranked.space.mlp_choices[0], p["hidden"])
+        fits.append(ev.feasible(smallest))
+        assert (arch is not None) == fits[-1]  # found wherever something of that depth fits
+        assert arch is None or (arch.num_layers == depth and ev.feasible(arch))
+    assert fits[:2] == [True, True] and not fits[-1]
+    assert allocate(ev, damage, p["layers"] + 1, p["hidden"]) is None
+    tight = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", 1e-3, bound="median")
+    assert allocate(tight, damage, 1, p["hidden"]) is None  # nothing fits
+    order = [int(i) for i in ranked.ranking.layer_order]
+    seed = ranked.space.from_values({**{k: v[-1] for k, v in ranked.space.choices().items()}, "layers": 1}, order)
+    searched = Evaluator(ranked, predictor, windows, Workload(), "decode_ms", ev.limit_ms, bound="median")
+    run_per_layer(searched, [seed], evaluations=10, seed=0, optimizer=DEFAULT_OPTIMIZER, damage=damage)
+    assert allocate(ev, damage, 1, p["hidden"]).id in searched.records
+    assert KNAPSACK in {r["strategy"] for r in searched.records.values()}
