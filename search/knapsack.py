@@ -35,7 +35,7 @@ def solve(drop: np.ndarray, damage: np.ndarray, cost: np.ndarray, depth: int, ca
     """Keep exactly `depth` of the layers, each with one shape s at `damage[layer, s]` and
     integer `cost[s]`, the others dropped at `drop[layer]`, with summed cost <= `capacity`,
     at least summed damage: (that damage, {kept layer: shape}); None when none fits."""
-    n_layers, n_shapes = damage.shape
+    n_layers = damage.shape[0]
     best = np.full((depth + 1, capacity + 1), np.inf)  # [kept so far, cost used] -> least damage
     best[0, 0] = 0.0
     took = []

@@ -4,9 +4,9 @@ nevergrad against the composed latency prediction (`Predictor.predict`).
 
 It starts from the uniform round's best candidates (`seeds`), from the best one filled
 (`fill`: every seed layer kept whole, the most important dropped layers added back with the
-largest block that still fits) and from importance-guided tapers of it (`taper`): keep one
-to three more of the most important layers and narrow the MLPs of the least important kept
-layers until the prediction fits), and from the allocations of least block damage at depths
+largest block that still fits), from importance-guided tapers of it (`taper`: keep one to
+three more of the most important layers and narrow the MLPs of the least important kept
+layers until the prediction fits) and from the allocations of least block damage at depths
 around it (`knapsack.allocate`: which layers, heads and MLP widths, by the measured damage of
 each block variant). The search then mutates layer by layer from there, so its
 best is never worse zero-shot than its seeds.
@@ -143,7 +143,7 @@ def _with_layer(arch: Architecture, i: int, heads: int, kv: int, mlp: int) -> Ar
 
 
 def run_per_layer(ev: Evaluator, seeds: list[Architecture], evaluations: int, seed: int, optimizer: str,
-                  progress=None, damage: BlockDamage | None = None) -> None:
+                  progress=None, *, damage: BlockDamage | None = None) -> None:
     """Evaluate up to `evaluations` feasible per-layer architectures (results in
     `ev.records`): the first seed filled (strategy FILLED) and tapered (TAPERED), with a
     `damage` table the least-damage allocations at depths around it (KNAPSACK), then the
