@@ -85,8 +85,8 @@ def _variants(layer: int, space: SearchSpace, ranking: Ranking) -> list[tuple[st
 def _kl_per_variant(model: nn.Module, space: SearchSpace, layer: int, windows: torch.Tensor, logq: torch.Tensor,
                     variants: list) -> list[float]:
     """Mean per-token KL(model || variant) of each variant of `layer`, batched."""
-    o_proj, down = space.family.attn_out_proj(space.family.layers(model)[layer]), space.family.mlp_out_proj(
-        space.family.layers(model)[layer])
+    block = space.family.layers(model)[layer]
+    o_proj, down = space.family.attn_out_proj(block), space.family.mlp_out_proj(block)
     n = windows.shape[0]
     per_pass = max(1, SEQUENCES_PER_PASS // n)
     out: list[float] = []
