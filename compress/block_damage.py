@@ -29,6 +29,7 @@ from latprune.errors import LatpruneError
 from latprune.files import atomic_file
 from latprune.space import SearchSpace
 
+from .extract import head_channels
 from .ranking import Ranking
 
 DAMAGE_VERSION = 1
@@ -75,7 +76,7 @@ def _variants(layer: int, space: SearchSpace, ranking: Ranking) -> list[tuple[st
         kept, _ = ranking.layer_heads(layer, kv * q, kv, space.max_q_per_kv)
         gone = [h for h in range(heads) if h not in kept]
         if gone:
-            out.append(("attention", (kv, q), [c for h in gone for c in range(h * hd, (h + 1) * hd)], []))
+            out.append(("attention", (kv, q), head_channels(gone, hd).tolist(), []))
     for m in _probe_widths(space):
         out.append(("mlp", m, [], [int(n) for n in ranking.neuron_order[layer][m:]]))
     return out
