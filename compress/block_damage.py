@@ -36,6 +36,8 @@ DAMAGE_VERSION = 1
 PROBE_WINDOWS = 2  # calibration windows every variant is scored on
 MLP_PROBES = (1 / 24, 1 / 4, 1 / 2, 3 / 4)  # MLP widths probed, as a share of the parent's (nearest choice)
 SEQUENCES_PER_PASS = 8  # variants x windows run in one batched forward
+RECENT_TABLES = 4  # tables kept in memory: a search's per-layer rounds reuse one (a super-network's too)
+_RECENT: dict[str, BlockDamage] = {}  # key -> table, oldest first
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,6 @@ class BlockDamage:
         return float(self.attention[layer, a] + self.mlp[layer, self.mlp_widths.index(mlp)])
 
 
-def attention_shapes(space: SearchSpace) -> tuple[tuple[int, int], ...]:
-    """Every legal (kv_groups, q_per_kv) of one layer."""
-    return tuple((kv, q) for kv in range(1, space.parent["kv_groups"] + 1) for q in range(1, space.max_q_per_kv + 1))
-
-
 def _probe_widths(space: SearchSpace) -> list[int]:
     choices = space.mlp_choices
     return sorted({choices[max(0, min(len(choices) - 2, round(f * len(choices)) - 1))] for f in MLP_PROBES})
@@ -72,7 +69,7 @@ def _variants(layer: int, space: SearchSpace, ranking: Ranking) -> list[tuple[st
     p = space.parent
     hd, heads = p["head_dim"], p["heads"]
     out: list[tuple[str, object, list[int], list[int]]] = [("drop", None, [], [])]
-    for kv, q in attention_shapes(space):
+    for kv, q in space.attention_shapes:
         kept, _ = ranking.layer_heads(layer, kv * q, kv, space.max_q_per_kv)
         gone = [h for h in range(heads) if h not in kept]
         if gone:
@@ -126,7 +123,7 @@ def compute_block_damage(model: nn.Module, ranking: Ranking, windows: torch.Tens
     model.eval()
     with torch.inference_mode():
         logq = torch.log_softmax(model(input_ids=windows, use_cache=False).logits.float(), -1).unsqueeze(0)
-    shapes, widths = attention_shapes(space), space.mlp_choices
+    shapes, widths = space.attention_shapes, space.mlp_choices
     n_layers = space.parent["layers"]
     drop, attention = np.zeros(n_layers), np.zeros((n_layers, len(shapes)))
     mlp = np.zeros((n_layers, len(widths)))
@@ -188,18 +185,24 @@ def load_block_damage(path, key: str) -> BlockDamage | None:
 
 def block_damage(model: nn.Module, ranking: Ranking, windows: torch.Tensor, progress: bool = True,
                  cache: bool = True) -> BlockDamage:
-    """The block damage table, reused from latprune's cache when it was computed for the
-    same parent, ranking and tokens (`cache`), else computed and saved there."""
+    """The block damage table, reused from this process's last tables or from latprune's
+    cache when it was computed for the same model, ranking and tokens (`cache`: the disk
+    cache too), else computed (and saved to the disk cache with `cache`)."""
     from latprune.models import cache_dir
 
     key = damage_key(model, ranking, windows)
     path = cache_dir() / "block_damage" / f"{key}.safetensors"
-    if cache and (found := load_block_damage(path, key)) is not None:
-        return found
-    damage = compute_block_damage(model, ranking, windows, progress)
-    if cache:
-        try:
-            save_block_damage(damage, path, key)
-        except OSError:  # a read-only cache only costs the recomputation next time
-            pass
-    return damage
+    if (found := _RECENT.get(key)) is None and cache:
+        found = load_block_damage(path, key)
+    if found is None:
+        found = compute_block_damage(model, ranking, windows, progress)
+        if cache:
+            try:
+                save_block_damage(found, path, key)
+            except OSError:  # a read-only cache only costs the recomputation next time
+                pass
+    _RECENT.pop(key, None)
+    _RECENT[key] = found
+    while len(_RECENT) > RECENT_TABLES:
+        _RECENT.pop(next(iter(_RECENT)))
+    return found

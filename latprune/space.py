@@ -78,6 +78,12 @@ class SearchSpace:
     def max_q_per_kv(self) -> int:
         return self.parent["heads"] // self.parent["kv_groups"]
 
+    @property
+    def attention_shapes(self) -> tuple[tuple[int, int], ...]:
+        """Every legal (kv_groups, q_per_kv) of one layer, fewest attention weights first."""
+        pairs = [(kv, q) for kv in range(1, self.parent["kv_groups"] + 1) for q in range(1, self.max_q_per_kv + 1)]
+        return tuple(sorted(pairs, key=lambda p: (p[0] * p[1] + p[0], p[0])))
+
     def choices(self) -> dict[str, tuple[int, ...]]:
         """Legal values of each uniform search dimension (ordered, smallest first)."""
         out = {

@@ -52,9 +52,7 @@ class LayerwiseSpace:
     @property
     def attention(self) -> list[tuple[int, int]]:
         """(kv_groups, q_per_kv) pairs, fewest attention weights first."""
-        pairs = [(kv, q) for kv in range(1, self.space.parent["kv_groups"] + 1)
-                 for q in range(1, self.space.max_q_per_kv + 1)]
-        return sorted(pairs, key=lambda p: (p[0] * p[1] + p[0], p[0]))
+        return list(self.space.attention_shapes)
 
     def parametrization(self):
         import nevergrad as ng

@@ -150,19 +150,34 @@ def test_block_damage_is_the_kl_of_the_sub_network_with_that_one_block_changed(s
             kl(changed(1, (p["heads"], p["kv_groups"], w))), rel=1e-4, abs=1e-7)
 
 
-def test_block_damage_is_computed_once_per_parent_ranking_and_tokens(setup, tmp_path, monkeypatch):
+def test_block_damage_is_computed_once_per_model_ranking_and_tokens(setup, tmp_path, monkeypatch):
+    import copy
+
+    import torch
+
     from latprune.compress import block_damage as bd
 
     ranked, _, windows = setup
     monkeypatch.setenv("LATPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(bd, "_RECENT", {})
+    computed = []
+    real = bd.compute_block_damage
+    monkeypatch.setattr(bd, "compute_block_damage", lambda *a, **k: computed.append(1) or real(*a, **k))
     first = bd.block_damage(ranked.model, ranked.ranking, windows[:2], progress=False)
-    monkeypatch.setattr(bd, "compute_block_damage", lambda *a, **k: pytest.fail("computed again"))
+    bd._RECENT.clear()  # a new process: the table comes from the disk cache
     again = bd.block_damage(ranked.model, ranked.ranking, windows[:2], progress=False)
+    assert len(computed) == 1 and again is not first
     assert again.attention_shapes == first.attention_shapes and again.mlp_widths == first.mlp_widths
     for name in ("drop", "attention", "mlp"):
         assert np.array_equal(getattr(again, name), getattr(first, name))
-    with pytest.raises(pytest.fail.Exception, match="computed again"):  # other tokens: another table
-        bd.block_damage(ranked.model, ranked.ranking, windows[2:4], progress=False)
+    tuned = copy.deepcopy(ranked.model)  # a fine-tuned super-network: kept in memory only
+    with torch.no_grad():
+        next(tuned.parameters()).view(-1)[0] += 1.0
+    once = bd.block_damage(tuned, ranked.ranking, windows[:2], progress=False, cache=False)
+    assert bd.block_damage(tuned, ranked.ranking, windows[:2], progress=False, cache=False) is once
+    assert len(computed) == 2 and len(list((tmp_path / "block_damage").iterdir())) == 1
+    bd.block_damage(ranked.model, ranked.ranking, windows[2:4], progress=False)  # other tokens: another table
+    assert len(computed) == 3
 
 
 def test_knapsack_finds_the_least_damage_choice_that_fits_as_brute_force_does():
