@@ -99,8 +99,10 @@ def run_row(prep, record: Path, minutes: float) -> dict:
 
 def _selection(cands, tried, passing: list, winner) -> dict:
     """What decided the winner: each short-distilled candidate's calibration perplexity after
-    the short distillation, which finalists passed on the device, and the one chosen."""
-    names = {i: f"{i} {Architecture.from_json(j).describe()}" for i, j in zip(cands.arch_id, cands.arch_json)}
+    the short distillation (named with the strategy that proposed it), which finalists passed
+    on the device, and the one chosen."""
+    names = {i: f"{i} {Architecture.from_json(j).describe()} ({s})"
+             for i, j, s in zip(cands.arch_id, cands.arch_json, cands.strategy)}
     return {"short_distilled": {names.get(i, i): ppl for i, (ppl, _) in tried.models.items()},
             "passing": [names.get(a.id, a.id) for a in passing], "chosen": names.get(winner.id, winner.id)}
 
