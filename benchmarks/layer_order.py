@@ -50,7 +50,7 @@ def layer_orders(ranked: RankedModel, windows, names: list[str]) -> dict[str, di
 def score(ranked: RankedModel, order: list[int], depth: int, windows: dict, steps: int) -> dict:
     """Zero-shot and recovered quality of the first `depth` layers of `order`, widths whole."""
     space = ranked.space
-    arch = space.from_values({**{k: v[-1] for k, v in space.choices().items()}, "layers": depth}, order)
+    arch = space.from_values({**space.values_of(space.largest()), "layers": depth}, order)
     zero = quality_report(ranked.extract(arch), ranked.model, windows["held"], windows["second"])
     return {"layers": sorted(arch.layers), "zero_shot": zero,
             "recovered": _common.recovered_quality(ranked, arch, windows, steps)}

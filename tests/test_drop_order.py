@@ -25,7 +25,7 @@ def _without(model, dropped: set[int]):
     """The sub-network of `model` without the layers in `dropped`, every width whole."""
     space = SearchSpace.from_config(model.config)
     kept = [i for i in range(space.parent["layers"]) if i not in dropped]
-    values = {**{k: v[-1] for k, v in space.choices().items()}, "layers": len(kept)}
+    values = {**space.values_of(space.largest()), "layers": len(kept)}
     return extract(model, space.from_values(values, kept), Ranking.identity(space), space)
 
 
