@@ -59,11 +59,15 @@ def drop_kl(model: nn.Module, windows: torch.Tensor, drop_sets: list[frozenset[i
     return out
 
 
+def one_shot_damage(model: nn.Module, windows: torch.Tensor) -> np.ndarray:
+    """Per layer, the KL to the model when that layer alone is skipped."""
+    n_layers = len(SearchSpace.from_config(model.config).family.layers(model))
+    return np.asarray(drop_kl(model, windows, [frozenset({i}) for i in range(n_layers)]))
+
+
 def one_shot_order(model: nn.Module, windows: torch.Tensor) -> np.ndarray:
     """Layers, most damaging to drop alone first (ties: parent order)."""
-    n_layers = len(SearchSpace.from_config(model.config).family.layers(model))
-    damage = np.asarray(drop_kl(model, windows, [frozenset({i}) for i in range(n_layers)]))
-    return np.argsort(-damage, kind="stable")
+    return np.argsort(-one_shot_damage(model, windows), kind="stable")
 
 
 def greedy_order(model: nn.Module, windows: torch.Tensor, progress: bool = True) -> np.ndarray:
