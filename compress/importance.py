@@ -6,7 +6,7 @@
 - channel: mean |activation| of every norm's output (all layers and the final norm), summed;
 - layer, by `layer_criterion`: `influence` (block influence, mean over tokens of
   1 - cos(block input, block output)) or `drop-kl` (the KL to the model with that layer
-  alone skipped, on the first DROP_KL_WINDOWS windows; `drop_order.py`).
+  alone skipped, on DROP_KL_WINDOWS of the windows; `drop_order.py`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from .drop_order import one_shot_damage
 from .ranking import Ranking
 
 LAYER_CRITERIA = ("influence", "drop-kl")
-LAYER_CRITERION = "influence"  # the default
-DROP_KL_WINDOWS = 2  # calibration windows the drop-kl criterion measures on
+LAYER_CRITERION = "drop-kl"  # the default (benchmarks/results/layer_order*.md)
+DROP_KL_WINDOWS = 8  # calibration windows (evenly spaced among all) the drop-kl criterion measures on
 
 
 def _first_tensor(x):
@@ -88,14 +88,21 @@ def compute_ranking(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
         for h in handles:
             h.remove()
     tokens = float(windows.numel())
-    layer = (influence / tokens).numpy()
+    layer, criterion = (influence / tokens).numpy(), {"layer_criterion": layer_criterion}
     if layer_criterion == "drop-kl":
-        layer = one_shot_damage(model, windows[:DROP_KL_WINDOWS])
+        picked = drop_kl_windows(windows)
+        layer, criterion["layer_windows"] = one_shot_damage(model, picked), len(picked)
     return Ranking.from_scores(
         layer, (head / tokens).numpy(), (neuron / tokens).numpy(), (channel / tokens).numpy(), p["kv_groups"],
         meta={"kind": "importance", "windows": int(windows.shape[0]), "window": int(windows.shape[1]),
-              "layer_criterion": layer_criterion, **(meta or {})},
+              **criterion, **(meta or {})},
     )
+
+
+def drop_kl_windows(windows: torch.Tensor) -> torch.Tensor:
+    """The DROP_KL_WINDOWS windows, evenly spaced among `windows`, the drop-kl criterion uses."""
+    pick = torch.linspace(0, len(windows) - 1, min(DROP_KL_WINDOWS, len(windows))).round().long()
+    return windows[pick]
 
 
 def tokens_hash(windows: torch.Tensor) -> str:

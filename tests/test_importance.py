@@ -36,7 +36,7 @@ def test_ranking_round_trips_and_refuses_other_models(tmp_path):
 
 def test_the_drop_kl_criterion_orders_layers_by_one_shot_damage_and_keeps_every_other_order():
     from latprune.compress.drop_order import one_shot_order
-    from latprune.compress.importance import DROP_KL_WINDOWS
+    from latprune.compress.importance import drop_kl_windows
 
     model = make_tiny("llama", seed=3)
     with torch.no_grad():  # layer 1 adds nothing to the residual stream: the network never misses it
@@ -45,7 +45,7 @@ def test_the_drop_kl_criterion_orders_layers_by_one_shot_damage_and_keeps_every_
     windows = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
     influence = compute_ranking(model, windows, progress=False)
     kl = compute_ranking(model, windows, progress=False, layer_criterion="drop-kl")
-    assert np.array_equal(kl.layer_order, one_shot_order(model, windows[:DROP_KL_WINDOWS]))
+    assert np.array_equal(kl.layer_order, one_shot_order(model, drop_kl_windows(windows)))
     assert kl.layer_order[-1] == 1 and kl.meta["layer_criterion"] == "drop-kl"
     for name in ("kv_order", "head_order", "neuron_order", "channel_order"):
         assert np.array_equal(getattr(kl, name), getattr(influence, name))
