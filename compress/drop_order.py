@@ -1,11 +1,13 @@
 """Layer orders from measured damage: which layers the rest of the network misses least.
 
-Block influence (`importance.py`) ranks a layer by how much it turns its own input. These
-orders measure instead what dropping layers does to the model's next-token distribution,
-the mean per-token KL(model || model with those layers skipped) on calibration windows:
+Block influence (`importance.py`, `layer_criterion="influence"`) ranks a layer by how much
+it turns its own input. These orders measure instead what dropping layers does to the
+model's next-token distribution, the mean per-token KL(model || model with those layers
+skipped) on calibration windows:
 
 - `one_shot_order`: each layer dropped alone, the least damaging last (Shortened LLaMA's
-  one-shot criterion, with KL to the parent in place of perplexity);
+  one-shot criterion, with KL to the parent in place of perplexity); its damage is the
+  default ranking's layer score (`layer_criterion="drop-kl"`);
 - `greedy_order`: layers removed one at a time, each time the one whose removal (with those
   already removed) damages least; the removal sequence reversed is the order, so every
   prefix is the greedy answer at that depth.
