@@ -1,9 +1,11 @@
 """Which layers should layer dropping keep? Block influence against measured drop damage.
 
 Layer dropping (`--strategy layers`, what the default run picks) keeps the first L layers of
-the ranking's layer order, today block influence (how much a block turns its input). The
-orders of `compress/drop_order.py` measure instead the KL to the parent when layers are
-skipped: each alone (`one-shot`), or removed greedily one at a time (`greedy`). At each depth
+the ranking's layer order: by default block influence (how much a block turns its input).
+The orders of
+`compress/drop_order.py` measure instead the KL to the parent when layers are skipped: each
+alone (`one-shot`, on `--order-windows` windows; `drop-kl` is the default ranking's, on 8
+evenly spaced ones), or removed greedily one at a time (`greedy`). At each depth
 every order's sub-network keeps every width, so all have the same latency; each is scored
 zero-shot and after the same distillation as the pipeline's recovery (`--steps`, defaults,
 seed 0) on held-out windows and the second text. Rows are saved to `--work` as they finish,
@@ -28,7 +30,7 @@ from latprune.compress.quality import quality_report
 from latprune.compress.ranked import RankedModel, rank_model
 from latprune.files import atomic_file
 
-ORDERS = ("influence", "one-shot", "greedy")
+ORDERS = ("influence", "one-shot", "drop-kl", "greedy")
 
 
 def layer_orders(ranked: RankedModel, windows, names: list[str]) -> dict[str, dict]:
@@ -38,6 +40,8 @@ def layer_orders(ranked: RankedModel, windows, names: list[str]) -> dict[str, di
         t0 = time.perf_counter()
         if name == "influence":
             order = ranked.ranking.layer_order
+        elif name == "drop-kl":
+            order = rank_model("default", progress=False, layer_criterion="drop-kl").ranking.layer_order
         elif name == "one-shot":
             order = one_shot_order(ranked.model, windows)
         else:
@@ -59,7 +63,7 @@ def score(ranked: RankedModel, order: list[int], depth: int, windows: dict, step
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--depths", default="12,19,25", help="layers kept, comma-separated")
-    ap.add_argument("--orders", default=",".join(ORDERS), help=f"comma-separated, of {', '.join(ORDERS)}")
+    ap.add_argument("--orders", default="influence,one-shot,greedy", help=f"comma-separated, of {', '.join(ORDERS)}")
     ap.add_argument("--steps", type=int, default=120, help="distillation steps of every sub-network")
     ap.add_argument("--order-windows", type=int, default=2, help="calibration windows the drop orders are measured on")
     ap.add_argument("--work", default="out/bench_layer_order", help="folder for finished rows (resumed)")
@@ -74,7 +78,7 @@ def main() -> None:
         ap.error(f"--depths must be comma-separated integers, got '{args.depths}'")
     if args.steps < 1 or args.order_windows < 1:
         ap.error("--steps and --order-windows must be at least 1")
-    ranked = rank_model("default", progress=False)
+    ranked = rank_model("default", progress=False, layer_criterion="influence")
     if bad := [d for d in depths if not 1 <= d < ranked.space.parent["layers"]]:
         ap.error(f"depths {bad} are outside 1..{ranked.space.parent['layers'] - 1}")
     windows = _common.scoring_windows(ranked)

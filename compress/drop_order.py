@@ -1,11 +1,13 @@
 """Layer orders from measured damage: which layers the rest of the network misses least.
 
-Block influence (`importance.py`) ranks a layer by how much it turns its own input. These
-orders measure instead what dropping layers does to the model's next-token distribution,
-the mean per-token KL(model || model with those layers skipped) on calibration windows:
+Block influence (`importance.py`, `layer_criterion="influence"`) ranks a layer by how much
+it turns its own input. These orders measure instead what dropping layers does to the
+model's next-token distribution, the mean per-token KL(model || model with those layers
+skipped) on calibration windows:
 
 - `one_shot_order`: each layer dropped alone, the least damaging last (Shortened LLaMA's
-  one-shot criterion, with KL to the parent in place of perplexity);
+  one-shot criterion, with KL to the parent in place of perplexity); its damage is the
+  default ranking's layer score (`layer_criterion="drop-kl"`);
 - `greedy_order`: layers removed one at a time, each time the one whose removal (with those
   already removed) damages least; the removal sequence reversed is the order, so every
   prefix is the greedy answer at that depth.
@@ -59,11 +61,15 @@ def drop_kl(model: nn.Module, windows: torch.Tensor, drop_sets: list[frozenset[i
     return out
 
 
+def one_shot_damage(model: nn.Module, windows: torch.Tensor) -> np.ndarray:
+    """Per layer, the KL to the model when that layer alone is skipped."""
+    n_layers = len(SearchSpace.from_config(model.config).family.layers(model))
+    return np.asarray(drop_kl(model, windows, [frozenset({i}) for i in range(n_layers)]))
+
+
 def one_shot_order(model: nn.Module, windows: torch.Tensor) -> np.ndarray:
     """Layers, most damaging to drop alone first (ties: parent order)."""
-    n_layers = len(SearchSpace.from_config(model.config).family.layers(model))
-    damage = np.asarray(drop_kl(model, windows, [frozenset({i}) for i in range(n_layers)]))
-    return np.argsort(-damage, kind="stable")
+    return np.argsort(-one_shot_damage(model, windows), kind="stable")
 
 
 def greedy_order(model: nn.Module, windows: torch.Tensor, progress: bool = True) -> np.ndarray:

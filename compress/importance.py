@@ -4,7 +4,9 @@
   a KV group scores the sum of its query heads;
 - neuron: mean |activation| entering the MLP output projection;
 - channel: mean |activation| of every norm's output (all layers and the final norm), summed;
-- layer: block influence, mean over tokens of 1 - cos(block input, block output).
+- layer, by `layer_criterion`: `influence` (block influence, mean over tokens of
+  1 - cos(block input, block output)) or `drop-kl` (the KL to the model with that layer
+  alone skipped, on DROP_KL_WINDOWS of the windows; `drop_order.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from tqdm.auto import tqdm
 
 from latprune.space import SearchSpace
 
+from .drop_order import one_shot_damage
 from .ranking import Ranking
+
+LAYER_CRITERIA = ("influence", "drop-kl")
+LAYER_CRITERION = "influence"  # the default: drop-kl loses after recovery at 16 layers (benchmarks/results/layer_order.md)
+DROP_KL_WINDOWS = 8  # calibration windows (evenly spaced among all) the drop-kl criterion measures on
 
 
 def _first_tensor(x):
@@ -28,8 +35,11 @@ def _first_tensor(x):
 
 @torch.inference_mode()
 def compute_ranking(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True,
-                    meta: dict | None = None) -> Ranking:
-    """Score every structure of `model` on token `windows` [n, T] and rank them."""
+                    meta: dict | None = None, layer_criterion: str = LAYER_CRITERION) -> Ranking:
+    """Score every structure of `model` on token `windows` [n, T] and rank them; layers by
+    `layer_criterion` (one of LAYER_CRITERIA)."""
+    if layer_criterion not in LAYER_CRITERIA:
+        raise ValueError(f"layer_criterion must be one of {LAYER_CRITERIA}, got {layer_criterion!r}")
     space = SearchSpace.from_config(model.config)
     family, p = space.family, space.parent
     n_layers, hd = p["layers"], p["head_dim"]
@@ -78,39 +88,55 @@ def compute_ranking(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
         for h in handles:
             h.remove()
     tokens = float(windows.numel())
+    layer, criterion = (influence / tokens).numpy(), {"layer_criterion": layer_criterion}
+    if layer_criterion == "drop-kl":
+        picked = drop_kl_windows(windows)
+        layer, criterion["layer_windows"] = one_shot_damage(model, picked), len(picked)
     return Ranking.from_scores(
-        (influence / tokens).numpy(), (head / tokens).numpy(), (neuron / tokens).numpy(),
-        (channel / tokens).numpy(), p["kv_groups"],
+        layer, (head / tokens).numpy(), (neuron / tokens).numpy(), (channel / tokens).numpy(), p["kv_groups"],
         meta={"kind": "importance", "windows": int(windows.shape[0]), "window": int(windows.shape[1]),
-              **(meta or {})},
+              **criterion, **(meta or {})},
     )
+
+
+def drop_kl_windows(windows: torch.Tensor) -> torch.Tensor:
+    """The DROP_KL_WINDOWS windows, evenly spaced among `windows`, the drop-kl criterion uses."""
+    pick = torch.linspace(0, len(windows) - 1, min(DROP_KL_WINDOWS, len(windows))).round().long()
+    return windows[pick]
 
 
 def tokens_hash(windows: torch.Tensor) -> str:
     return hashlib.sha1(np.ascontiguousarray(windows.numpy()).tobytes()).hexdigest()[:10]
 
 
-def ranking_path(model_dir: Path, windows: torch.Tensor) -> Path:
+def _ranking_name(windows: torch.Tensor, layer_criterion: str) -> str:
+    """File name stem of a ranking: its tokens, and a layer criterion other than influence."""
+    return (f"{layer_criterion}-" if layer_criterion != "influence" else "") + tokens_hash(windows)
+
+
+def ranking_path(model_dir: Path, windows: torch.Tensor, layer_criterion: str = LAYER_CRITERION) -> Path:
     """Where the ranking of a model on given calibration tokens is stored: beside the model."""
-    return Path(model_dir) / f"latprune_importance-{tokens_hash(windows)}.safetensors"
+    return Path(model_dir) / f"latprune_importance-{_ranking_name(windows, layer_criterion)}.safetensors"
 
 
 def load_or_compute_ranking(model: nn.Module, model_dir: Path, windows: torch.Tensor, progress: bool = True,
-                            ) -> Ranking:
+                            layer_criterion: str = LAYER_CRITERION) -> Ranking:
     """Reuse the ranking saved beside the model for these tokens, or compute and save it.
     (Falls back to latprune's cache when the model directory is read-only.)"""
     from latprune.models import cache_dir, model_identity
 
     space = SearchSpace.from_config(model.config)
     identity = model_identity(model.config)
-    candidates = [ranking_path(model_dir, windows),
-                  cache_dir() / "importance" / f"{identity['config_hash']}-{tokens_hash(windows)}.safetensors"]
+    name = _ranking_name(windows, layer_criterion)
+    candidates = [ranking_path(model_dir, windows, layer_criterion),
+                  cache_dir() / "importance" / f"{identity['config_hash']}-{name}.safetensors"]
     for path in candidates:
         if path.is_file():
             ranking = Ranking.load(path)
             if ranking.meta.get("model", {}).get("config_hash") == identity["config_hash"]:
                 return ranking.check(space)
-    ranking = compute_ranking(model, windows, progress=progress, meta={"model": identity})
+    ranking = compute_ranking(model, windows, progress=progress, meta={"model": identity},
+                              layer_criterion=layer_criterion)
     for path in candidates:
         try:
             ranking.save(path)

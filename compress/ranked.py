@@ -15,7 +15,7 @@ from latprune.space import SearchSpace
 from latprune.text import calibration_windows, read_text
 
 from .extract import extract
-from .importance import load_or_compute_ranking, tokens_hash
+from .importance import LAYER_CRITERION, load_or_compute_ranking, tokens_hash
 from .ranking import Ranking
 
 CALIBRATION_WINDOWS = 32
@@ -42,12 +42,15 @@ class RankedModel:
 
 
 def rank_model(model: str | Path = "default", text: str | Path | None = None,
-               windows: int = CALIBRATION_WINDOWS, progress: bool = True) -> RankedModel:
+               windows: int = CALIBRATION_WINDOWS, progress: bool = True,
+               layer_criterion: str = LAYER_CRITERION) -> RankedModel:
     """Load a parent and its importance ranking on the calibration part of `text`
-    (computed once and saved beside the model)."""
+    (computed once and saved beside the model; layers ranked by `layer_criterion`, one of
+    `importance.LAYER_CRITERIA`)."""
     body = read_text(text)  # cheap checks first
     parent, tokenizer = load_parent(model)
     calib = calibration_windows(tokenizer, body, WINDOW, windows)
     path = resolve(model)
-    ranking = load_or_compute_ranking(parent, path if path.is_dir() else path.parent, calib, progress)
+    ranking = load_or_compute_ranking(parent, path if path.is_dir() else path.parent, calib, progress,
+                                      layer_criterion)
     return RankedModel(parent, tokenizer, SearchSpace.from_config(parent.config), ranking, body, tokens_hash(calib))
