@@ -25,7 +25,7 @@ from .drop_order import one_shot_damage
 from .ranking import Ranking
 
 LAYER_CRITERIA = ("influence", "drop-kl")
-LAYER_CRITERION = "influence"  # the default: drop-kl loses after recovery at 16 layers (benchmarks/results/layer_order.md)
+LAYER_CRITERION = "influence"  # the default: drop-kl loses after recovery at 16 layers (layer_order.md)
 DROP_KL_WINDOWS = 8  # calibration windows (evenly spaced among all) the drop-kl criterion measures on
 
 
