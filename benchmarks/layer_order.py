@@ -2,10 +2,10 @@
 
 Layer dropping (`--strategy layers`, what the default run picks) keeps the first L layers of
 the ranking's layer order: by default block influence (how much a block turns its input).
-The orders of
-`compress/drop_order.py` measure instead the KL to the parent when layers are skipped: each
-alone (`one-shot`, on `--order-windows` windows; `drop-kl` is the default ranking's, on 8
-evenly spaced ones), or removed greedily one at a time (`greedy`). At each depth
+The orders of `compress/drop_order.py` measure instead the KL to the parent when layers are
+skipped: each alone (`one-shot` on `--order-windows` windows; `drop-kl`, the ranking's under
+`layer_criterion="drop-kl"`, on 8 evenly spaced ones), or removed greedily one at a time
+(`greedy`). At each depth
 every order's sub-network keeps every width, so all have the same latency; each is scored
 zero-shot and after the same distillation as the pipeline's recovery (`--steps`, defaults,
 seed 0) on held-out windows and the second text. Rows are saved to `--work` as they finish,

@@ -7,7 +7,7 @@ skipped) on calibration windows:
 
 - `one_shot_order`: each layer dropped alone, the least damaging last (Shortened LLaMA's
   one-shot criterion, with KL to the parent in place of perplexity); its damage is the
-  default ranking's layer score (`layer_criterion="drop-kl"`);
+  ranking's layer score under `layer_criterion="drop-kl"`;
 - `greedy_order`: layers removed one at a time, each time the one whose removal (with those
   already removed) damages least; the removal sequence reversed is the order, so every
   prefix is the greedy answer at that depth.
