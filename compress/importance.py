@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latprune.space import SearchSpace
+from latprune.text import evenly_spaced
 
 from .drop_order import one_shot_damage
 from .ranking import Ranking
@@ -101,8 +102,7 @@ def compute_ranking(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
 
 def drop_kl_windows(windows: torch.Tensor) -> torch.Tensor:
     """The DROP_KL_WINDOWS windows, evenly spaced among `windows`, the drop-kl criterion uses."""
-    pick = torch.linspace(0, len(windows) - 1, min(DROP_KL_WINDOWS, len(windows))).round().long()
-    return windows[pick]
+    return evenly_spaced(windows, DROP_KL_WINDOWS)
 
 
 def tokens_hash(windows: torch.Tensor) -> str:

@@ -104,10 +104,14 @@ def token_windows(tokenizer, text: str, window: int = 128, max_windows: int | No
         raise LatpruneError(f"the {part} has {len(ids):,} tokens: {n} windows of {window}, fewer than the "
                             f"{max_windows or 1} asked for; give a longer text (or fewer --windows)")
     windows = torch.tensor(ids[: n * window], dtype=torch.long).view(n, window)
-    if max_windows is not None and n > max_windows:
-        pick = torch.linspace(0, n - 1, max_windows).round().long()
-        windows = windows[pick]
-    return windows
+    return windows if max_windows is None else evenly_spaced(windows, max_windows)
+
+
+def evenly_spaced(windows: torch.Tensor, k: int) -> torch.Tensor:
+    """`k` of `windows` [n, T], evenly spaced from the first to the last (all when n <= k)."""
+    if len(windows) <= k:
+        return windows
+    return windows[torch.linspace(0, len(windows) - 1, k).round().long()]
 
 
 def calibration_windows(tokenizer, text: str | None = None, window: int = 128,
