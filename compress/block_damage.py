@@ -29,6 +29,7 @@ from latprune.errors import LatpruneError
 from latprune.files import atomic_file
 from latprune.space import SearchSpace
 
+from .drop_order import drop_kl
 from .extract import head_channels
 from .ranking import Ranking
 
@@ -64,11 +65,11 @@ def _probe_widths(space: SearchSpace) -> list[int]:
 
 
 def _variants(layer: int, space: SearchSpace, ranking: Ranking) -> list[tuple[str, object, list[int], list[int]]]:
-    """(kind, key, attention channels zeroed, MLP neurons zeroed) of every probed variant of
-    `layer`; kind "drop" zeroes both projections' outputs."""
+    """(kind, key, attention channels zeroed, MLP neurons zeroed) of every probed attention
+    and MLP variant of `layer` (the dropped layer is `drop_order.drop_kl`'s)."""
     p = space.parent
     hd, heads = p["head_dim"], p["heads"]
-    out: list[tuple[str, object, list[int], list[int]]] = [("drop", None, [], [])]
+    out: list[tuple[str, object, list[int], list[int]]] = []
     for kv, q in space.attention_shapes:
         kept, _ = ranking.layer_heads(layer, kv * q, kv, space.max_q_per_kv)
         gone = [h for h in range(heads) if h not in kept]
@@ -92,17 +93,12 @@ def _kl_per_variant(model: nn.Module, space: SearchSpace, layer: int, windows: t
         chunk = variants[start:start + per_pass]
         keep_o = torch.ones(len(chunk) * n, 1, o_proj.in_features)
         keep_d = torch.ones(len(chunk) * n, 1, down.in_features)
-        keep_out = torch.ones(len(chunk) * n, 1, 1)
-        for k, (kind, _, attn, neurons) in enumerate(chunk):
+        for k, (_, _, attn, neurons) in enumerate(chunk):
             rows = slice(k * n, (k + 1) * n)
             keep_o[rows, :, attn] = 0
             keep_d[rows, :, neurons] = 0
-            if kind == "drop":
-                keep_out[rows] = 0
         hooks = [o_proj.register_forward_pre_hook(lambda _m, a: (a[0] * keep_o.to(a[0].dtype), *a[1:])),
-                 down.register_forward_pre_hook(lambda _m, a: (a[0] * keep_d.to(a[0].dtype), *a[1:])),
-                 o_proj.register_forward_hook(lambda _m, _a, y: y * keep_out.to(y.dtype)),
-                 down.register_forward_hook(lambda _m, _a, y: y * keep_out.to(y.dtype))]
+                 down.register_forward_pre_hook(lambda _m, a: (a[0] * keep_d.to(a[0].dtype), *a[1:]))]
         try:
             logits = model(input_ids=windows.repeat(len(chunk), 1), use_cache=False).logits.float()
         finally:
@@ -125,15 +121,13 @@ def compute_block_damage(model: nn.Module, ranking: Ranking, windows: torch.Tens
         logq = torch.log_softmax(model(input_ids=windows, use_cache=False).logits.float(), -1).unsqueeze(0)
     shapes, widths = space.attention_shapes, space.mlp_choices
     n_layers = space.parent["layers"]
-    drop, attention = np.zeros(n_layers), np.zeros((n_layers, len(shapes)))
-    mlp = np.zeros((n_layers, len(widths)))
+    drop = np.asarray(drop_kl(model, windows, [frozenset({i}) for i in range(n_layers)], logq[0]))
+    attention, mlp = np.zeros((n_layers, len(shapes))), np.zeros((n_layers, len(widths)))
     for i in tqdm(range(n_layers), desc="block damage", unit="layer", disable=not progress):
         variants = _variants(i, space, ranking)
         probed: dict[int, float] = {}
         for (kind, key, _, _), kl in zip(variants, _kl_per_variant(model, space, i, windows, logq, variants)):
-            if kind == "drop":
-                drop[i] = kl
-            elif kind == "attention":
+            if kind == "attention":
                 attention[i, shapes.index(key)] = kl
             else:
                 probed[key] = kl
